@@ -1,0 +1,168 @@
+//! Request bodies: a JSON object, a JSON array of objects, or NDJSON.
+//!
+//! Each event's payload is the exact bytes of its object in the body (a zero-copy
+//! slice of it), so what a sink delivers is what the producer sent.
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+/// Why a body was refused. Maps to HTTP 400 with `code` and, for NDJSON, `line`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BodyError {
+    /// Machine-readable code: `invalid_json`, `not_an_object`, `empty_body`.
+    pub code: &'static str,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// 1-based NDJSON line (or array element for JSON arrays, as `line` = element index + 1).
+    pub line: Option<usize>,
+}
+
+impl BodyError {
+    fn new(code: &'static str, message: impl Into<String>, line: Option<usize>) -> BodyError {
+        BodyError {
+            code,
+            message: message.into(),
+            line,
+        }
+    }
+}
+
+/// Splits a JSON body (one object or an array of objects) into payloads.
+pub fn split_json(body: &Bytes) -> Result<Vec<Bytes>, BodyError> {
+    let text = trim_ws(body);
+    match text.first() {
+        None => Err(BodyError::new("empty_body", "request body is empty", None)),
+        Some(b'{') => {
+            validate_object(text, None)?;
+            Ok(vec![body.slice_ref(text)])
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(text).map_err(|e| {
+                BodyError::new("invalid_json", format!("invalid JSON: {e}"), None)
+            })?;
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let raw = item.get().as_bytes();
+                if raw.first() != Some(&b'{') {
+                    return Err(BodyError::new(
+                        "not_an_object",
+                        format!("array element {} is not a JSON object", i + 1),
+                        Some(i + 1),
+                    ));
+                }
+                out.push(body.slice_ref(raw));
+            }
+            if out.is_empty() {
+                return Err(BodyError::new("empty_body", "JSON array is empty", None));
+            }
+            Ok(out)
+        }
+        Some(_) => Err(BodyError::new(
+            "not_an_object",
+            "body must be a JSON object or an array of JSON objects",
+            None,
+        )),
+    }
+}
+
+/// Splits an NDJSON body into payloads, one JSON object per non-blank line.
+/// The first bad line fails the whole body, with its 1-based line number.
+pub fn split_ndjson(body: &Bytes) -> Result<Vec<Bytes>, BodyError> {
+    let mut out = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count() + 1);
+    let mut start = 0;
+    let mut line_no = 0;
+    while start < body.len() {
+        line_no += 1;
+        let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |i| start + i);
+        let line = trim_ws(&body[start..end]);
+        if !line.is_empty() {
+            validate_object(line, Some(line_no))?;
+            out.push(body.slice_ref(line));
+        }
+        start = end + 1;
+    }
+    if out.is_empty() {
+        return Err(BodyError::new("empty_body", "NDJSON body has no events", None));
+    }
+    Ok(out)
+}
+
+fn validate_object(text: &[u8], line: Option<usize>) -> Result<(), BodyError> {
+    if text.first() != Some(&b'{') {
+        let what = line.map_or(String::from("body"), |l| format!("line {l}"));
+        return Err(BodyError::new(
+            "not_an_object",
+            format!("{what} is not a JSON object"),
+            line,
+        ));
+    }
+    serde_json::from_slice::<&RawValue>(text).map_err(|e| {
+        let msg = match line {
+            Some(l) => format!("invalid JSON on line {l}: {e}"),
+            None => format!("invalid JSON: {e}"),
+        };
+        BodyError::new("invalid_json", msg, line)
+    })?;
+    Ok(())
+}
+
+fn trim_ws(b: &[u8]) -> &[u8] {
+    let is_ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    let start = b.iter().position(|c| !is_ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !is_ws(c)).map_or(start, |i| i + 1);
+    &b[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn single_object_kept_verbatim() {
+        let got = split_json(&b("  {\"a\": 1,  \"b\":[1, 2]}\n")).unwrap();
+        assert_eq!(got, vec![b("{\"a\": 1,  \"b\":[1, 2]}")]);
+    }
+
+    #[test]
+    fn array_elements_kept_verbatim() {
+        let got = split_json(&b("[{\"a\":1} , {\"b\" : \"x\"}]")).unwrap();
+        assert_eq!(got, vec![b("{\"a\":1}"), b("{\"b\" : \"x\"}")]);
+    }
+
+    #[test]
+    fn array_with_non_object_names_element() {
+        let err = split_json(&b("[{\"a\":1}, 3]")).unwrap_err();
+        assert_eq!(err.code, "not_an_object");
+        assert_eq!(err.line, Some(2));
+    }
+
+    #[test]
+    fn bad_json_and_scalars_refused() {
+        assert_eq!(split_json(&b("{\"a\":")).unwrap_err().code, "invalid_json");
+        assert_eq!(split_json(&b("42")).unwrap_err().code, "not_an_object");
+        assert_eq!(split_json(&b("  ")).unwrap_err().code, "empty_body");
+        assert_eq!(split_json(&b("[]")).unwrap_err().code, "empty_body");
+        assert_eq!(split_json(&b("{} {}")).unwrap_err().code, "invalid_json");
+    }
+
+    #[test]
+    fn ndjson_lines_and_blank_lines() {
+        let got = split_ndjson(&b("{\"a\":1}\r\n\n  {\"b\":2}\n{\"c\":3}")).unwrap();
+        assert_eq!(got, vec![b("{\"a\":1}"), b("{\"b\":2}"), b("{\"c\":3}")]);
+    }
+
+    #[test]
+    fn ndjson_bad_line_reports_its_number() {
+        let err = split_ndjson(&b("{\"a\":1}\n{\"b\":2}\n{oops}\n{\"d\":4}\n")).unwrap_err();
+        assert_eq!(err.code, "invalid_json");
+        assert_eq!(err.line, Some(3));
+        let err = split_ndjson(&b("{\"a\":1}\n\n[1]\n")).unwrap_err();
+        assert_eq!(err.code, "not_an_object");
+        assert_eq!(err.line, Some(3));
+    }
+}

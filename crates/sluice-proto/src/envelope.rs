@@ -1,0 +1,99 @@
+//! The envelope text sinks write for each event, one JSON object per line:
+//!
+//! ```text
+//! {"id":"0193…","stream":"clicks","received_at":"2026-11-27T19:00:00.123Z","key":null,"data":{…}}
+//! ```
+//!
+//! `data` is the producer's payload verbatim. `headers` is added as an object when the
+//! event has any.
+
+use sluice_core::{format_rfc3339_millis, Event};
+
+/// Appends the envelope of `event` and a newline to `out`.
+pub fn write_line(event: &Event, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"id\":");
+    write_str(&event.id, out);
+    out.extend_from_slice(b",\"stream\":");
+    write_str(&event.stream, out);
+    out.extend_from_slice(b",\"received_at\":\"");
+    format_rfc3339_millis(event.received_at_unix_nanos, out);
+    out.extend_from_slice(b"\",\"key\":");
+    match &event.key {
+        Some(k) => write_str(k, out),
+        None => out.extend_from_slice(b"null"),
+    }
+    if !event.headers.is_empty() {
+        out.extend_from_slice(b",\"headers\":{");
+        for (i, (k, v)) in event.headers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(k, out);
+            out.push(b':');
+            write_str(v, out);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(&event.payload);
+    out.extend_from_slice(b"}\n");
+}
+
+/// Writes `s` as a JSON string literal.
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(format!("\\u{c:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn envelope_is_json_with_verbatim_data() {
+        let mut e = Event::new("clicks", Bytes::from_static(b"{\"x\": [1, 2] }"));
+        e.id = "id-\"1\"\n".into();
+        e.received_at_unix_nanos = 1_795_806_000_123_000_000;
+        let mut out = Vec::new();
+        write_line(&e, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\"data\":{\"x\": [1, 2] }}\n"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["id"], "id-\"1\"\n");
+        assert_eq!(v["stream"], "clicks");
+        assert_eq!(v["received_at"], "2026-11-27T19:00:00.123Z");
+        assert!(v["key"].is_null());
+        assert_eq!(v["data"]["x"][1], 2);
+
+        e.key = Some("k\u{1}".into());
+        e.headers = vec![("a".into(), "b".into())];
+        let mut out = Vec::new();
+        write_line(&e, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["key"], "k\u{1}");
+        assert_eq!(v["headers"]["a"], "b");
+    }
+}

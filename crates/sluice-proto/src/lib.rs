@@ -1,0 +1,11 @@
+//! sluice's pure codecs: no I/O, no async, no runtime.
+//!
+//! - [`body`]: HTTP request bodies (one JSON object, a JSON array of objects, NDJSON)
+//!   split into the producers' payloads, byte for byte, without copying.
+//! - [`record`]: the binary encoding of a [`sluice_core::Batch`] as one queue record.
+//! - [`envelope`]: the JSON envelope that text sinks write for each delivered event.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod envelope;
+pub mod record;

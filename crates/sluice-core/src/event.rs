@@ -43,7 +43,11 @@ impl Event {
         self.id.len()
             + self.stream.len()
             + self.key.as_ref().map_or(0, String::len)
-            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + self.payload.len()
             + 32
     }

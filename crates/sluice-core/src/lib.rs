@@ -13,7 +13,7 @@ mod stream;
 mod time;
 
 pub use event::{new_event_id, Batch, Event};
-pub use queue::{AppendError, Consumer, ConsumeError, Delivery, Queue, QueueStats};
+pub use queue::{AppendError, ConsumeError, Consumer, Delivery, Queue, QueueStats};
 pub use sink::{Sink, SinkError};
 pub use stream::{validate_stream_name, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use time::{format_rfc3339_millis, now_unix_nanos};

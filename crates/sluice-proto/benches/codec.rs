@@ -26,7 +26,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| sluice_proto::body::split_ndjson(&body).unwrap())
     });
     let payloads = sluice_proto::body::split_ndjson(&body).unwrap();
-    let batch = Batch::new(payloads.into_iter().map(|p| Event::new("clicks", p)).collect());
+    let batch = Batch::new(
+        payloads
+            .into_iter()
+            .map(|p| Event::new("clicks", p))
+            .collect(),
+    );
     g.bench_function("encode_1000", |b| {
         b.iter(|| {
             let mut out = Vec::new();

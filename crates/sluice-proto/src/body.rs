@@ -38,9 +38,8 @@ pub fn split_json(body: &Bytes) -> Result<Vec<Bytes>, BodyError> {
             Ok(vec![body.slice_ref(text)])
         }
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(text).map_err(|e| {
-                BodyError::new("invalid_json", format!("invalid JSON: {e}"), None)
-            })?;
+            let items: Vec<&RawValue> = serde_json::from_slice(text)
+                .map_err(|e| BodyError::new("invalid_json", format!("invalid JSON: {e}"), None))?;
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 let raw = item.get().as_bytes();
@@ -83,7 +82,11 @@ pub fn split_ndjson(body: &Bytes) -> Result<Vec<Bytes>, BodyError> {
         start = end + 1;
     }
     if out.is_empty() {
-        return Err(BodyError::new("empty_body", "NDJSON body has no events", None));
+        return Err(BodyError::new(
+            "empty_body",
+            "NDJSON body has no events",
+            None,
+        ));
     }
     Ok(out)
 }

@@ -1,0 +1,225 @@
+//! The worker pool.
+//!
+//! ```text
+//! queue ──poll──▶ reader task ──bounded channel──▶ worker 1..N ──deliver──▶ sink
+//!                                                      │
+//!                                                      └──commit(token)──▶ queue
+//! ```
+//!
+//! The channel holds at most one delivery per worker, so the reader never runs far
+//! ahead of the sink. On shutdown the reader stops polling (or, for a non-durable
+//! queue, drains it first), workers finish what they hold and commit it, and the
+//! consumer's position is flushed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::{ConsumeError, Consumer, Delivery, Queue, Sink, SinkError};
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::Backoff;
+
+/// How the processor runs.
+#[derive(Debug, Clone)]
+pub struct ProcessorOptions {
+    /// Concurrent deliveries; default one per core.
+    pub workers: usize,
+    /// Most events per delivery; default 1,000.
+    pub batch_max_events: usize,
+    /// Longest a poll waits for events; default 50 ms.
+    pub batch_max_wait: Duration,
+    /// First retry delay of a failing sink; default 100 ms.
+    pub retry_initial: Duration,
+    /// Largest retry delay; default 30 s.
+    pub retry_max: Duration,
+    /// The queue consumer (group) name; default `processor`.
+    pub consumer: String,
+    /// Drain the queue before stopping (for the non-durable memory queue, whose
+    /// contents a stop would otherwise lose).
+    pub drain_on_shutdown: bool,
+}
+
+impl Default for ProcessorOptions {
+    fn default() -> Self {
+        ProcessorOptions {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            batch_max_events: 1000,
+            batch_max_wait: Duration::from_millis(50),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(30),
+            consumer: "processor".into(),
+            drain_on_shutdown: false,
+        }
+    }
+}
+
+/// Counters the admin endpoint reads.
+#[derive(Debug, Default)]
+pub struct ProcessorStats {
+    /// Events the sink accepted.
+    pub delivered_events: AtomicU64,
+    /// Deliveries the sink accepted.
+    pub delivered_batches: AtomicU64,
+    /// Failed delivery attempts (each retried).
+    pub delivery_errors: AtomicU64,
+    /// Deliveries in the hands of workers.
+    pub in_flight: AtomicU64,
+    /// Receive time (Unix nanos) of the newest delivered event, for lag.
+    pub last_delivered_received_at: AtomicU64,
+}
+
+/// The processor.
+pub struct Processor {
+    queue: Arc<dyn Queue>,
+    sink: Arc<dyn Sink>,
+    opts: ProcessorOptions,
+    stats: Arc<ProcessorStats>,
+}
+
+impl Processor {
+    /// A processor moving events from `queue` to `sink`.
+    pub fn new(queue: Arc<dyn Queue>, sink: Arc<dyn Sink>, opts: ProcessorOptions) -> Processor {
+        Processor {
+            queue,
+            sink,
+            opts,
+            stats: Arc::new(ProcessorStats::default()),
+        }
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<ProcessorStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then finishes in-flight deliveries, commits
+    /// them and flushes the consumer position.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumeError> {
+        let consumer: Arc<dyn Consumer> = Arc::from(self.queue.consumer(&self.opts.consumer)?);
+        let workers = self.opts.workers.max(1);
+        let (tx, rx) = mpsc::channel::<Delivery>(workers);
+        let rx = Arc::new(Mutex::new(rx));
+        // Workers stop only when the channel closes, i.e. after the reader is done, so
+        // everything polled is delivered and committed. A sink that keeps failing keeps
+        // its worker retrying: the caller's grace timeout ends the process then, and
+        // the uncommitted deliveries are replayed after the restart.
+        let mut handles = Vec::with_capacity(workers);
+        for id in 0..workers {
+            handles.push(tokio::spawn(worker(
+                id,
+                rx.clone(),
+                consumer.clone(),
+                self.sink.clone(),
+                self.stats.clone(),
+                self.opts.clone(),
+            )));
+        }
+        let read = reader(consumer.clone(), tx, &self.opts, &shutdown).await;
+        for h in handles {
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "processor worker panicked");
+            }
+        }
+        consumer.flush().await?;
+        read
+    }
+}
+
+async fn reader(
+    consumer: Arc<dyn Consumer>,
+    tx: mpsc::Sender<Delivery>,
+    opts: &ProcessorOptions,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumeError> {
+    loop {
+        let polled = tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if !opts.drain_on_shutdown => return Ok(()),
+            p = consumer.poll(opts.batch_max_events, opts.batch_max_wait) => p,
+        };
+        match polled {
+            Ok(Some(d)) => {
+                if tx.send(d).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(None) => {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+            }
+            Err(ConsumeError::Closed) => return Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "polling the queue failed, retrying");
+                tokio::time::sleep(opts.retry_initial).await;
+            }
+        }
+    }
+}
+
+async fn worker(
+    id: usize,
+    rx: Arc<Mutex<mpsc::Receiver<Delivery>>>,
+    consumer: Arc<dyn Consumer>,
+    sink: Arc<dyn Sink>,
+    stats: Arc<ProcessorStats>,
+    opts: ProcessorOptions,
+) {
+    loop {
+        let next = rx.lock().await.recv().await;
+        let Some(d) = next else { return };
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        deliver(id, &d, sink.as_ref(), &stats, &opts).await;
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Err(e) = consumer.commit(d.token).await {
+            tracing::error!(worker = id, error = %e, "commit failed; the delivery will be replayed");
+        }
+    }
+}
+
+/// Delivers with retries until the sink takes the events. Never gives up: skipping
+/// would lose events (dead letters come with the broker sinks).
+async fn deliver(
+    id: usize,
+    d: &Delivery,
+    sink: &dyn Sink,
+    stats: &ProcessorStats,
+    opts: &ProcessorOptions,
+) {
+    if d.events.is_empty() {
+        return;
+    }
+    let mut backoff = Backoff::new(opts.retry_initial, opts.retry_max);
+    loop {
+        match sink.deliver(&d.events).await {
+            Ok(()) => {
+                let n = d.events.len() as u64;
+                stats.delivered_events.fetch_add(n, Ordering::Relaxed);
+                stats.delivered_batches.fetch_add(1, Ordering::Relaxed);
+                if let Some(last) = d.events.last() {
+                    stats
+                        .last_delivered_received_at
+                        .fetch_max(last.received_at_unix_nanos.max(0) as u64, Ordering::Relaxed);
+                }
+                return;
+            }
+            Err(e) => {
+                stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.next_delay();
+                let permanent = matches!(e, SinkError::Permanent { .. });
+                tracing::warn!(
+                    worker = id,
+                    sink = sink.name(),
+                    attempt = backoff.attempts(),
+                    permanent,
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "delivery failed, retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

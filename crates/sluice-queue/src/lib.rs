@@ -1,0 +1,13 @@
+//! [`Queue`](sluice_core::Queue) implementations:
+//!
+//! - [`MemoryQueue`]: bounded, lock-free, fastest, **not durable** (a crash loses what
+//!   it holds; acks mean "in memory").
+//! - [`WalQueue`]: the embedded write-ahead log, durable per its ack mode. The default.
+#![forbid(unsafe_code)]
+
+mod memory;
+mod tracker;
+mod wal;
+
+pub use memory::MemoryQueue;
+pub use wal::{WalQueue, WalQueueOptions};

@@ -1,0 +1,256 @@
+//! The bounded in-memory queue.
+//!
+//! A lock-free ring of events (`crossbeam_queue::ArrayQueue`) bounded in events, plus
+//! an atomic byte budget. An append first reserves room for the whole batch in both
+//! bounds, so it is all-or-nothing and the pushes that follow cannot fail. Not
+//! durable: acks mean the events are in this process's memory.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use sluice_core::{
+    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, Queue, QueueStats,
+};
+use tokio::sync::Notify;
+
+/// How long a producer refused by a full memory queue is told to wait.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The bounded, non-durable memory queue.
+#[derive(Clone)]
+pub struct MemoryQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ring: ArrayQueue<Event>,
+    /// Events reserved or held (reserved before pushing, released after popping).
+    events: AtomicU64,
+    bytes: AtomicU64,
+    max_bytes: u64,
+    closed: AtomicBool,
+    readable: Notify,
+}
+
+impl MemoryQueue {
+    /// A queue holding at most `max_events` events and `max_bytes` bytes.
+    pub fn new(max_events: usize, max_bytes: u64) -> MemoryQueue {
+        MemoryQueue {
+            inner: Arc::new(Inner {
+                ring: ArrayQueue::new(max_events.max(1)),
+                events: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                max_bytes,
+                closed: AtomicBool::new(false),
+                readable: Notify::new(),
+            }),
+        }
+    }
+
+    /// Pushes one event if there is room; hands it back otherwise. The hot path of
+    /// [`Queue::append`], public for the benchmark.
+    pub fn offer(&self, event: Event) -> Result<(), Event> {
+        let size = event.size_hint() as u64;
+        if !self.reserve(1, size) {
+            return Err(event);
+        }
+        let pushed = self.inner.ring.push(event);
+        debug_assert!(pushed.is_ok(), "a reserved push cannot fail");
+        Ok(())
+    }
+
+    /// Pops one event. The hot path of [`Consumer::poll`], public for the benchmark.
+    pub fn take(&self) -> Option<Event> {
+        let e = self.inner.ring.pop()?;
+        self.release(1, e.size_hint() as u64);
+        Some(e)
+    }
+
+    fn reserve(&self, n: u64, bytes: u64) -> bool {
+        let i = &self.inner;
+        let cap = i.ring.capacity() as u64;
+        if i.events.fetch_add(n, Ordering::AcqRel) + n > cap {
+            i.events.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        if i.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > i.max_bytes {
+            i.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            i.events.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: u64, bytes: u64) {
+        self.inner.events.fetch_sub(n, Ordering::AcqRel);
+        self.inner.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn drain(&self, max: usize) -> Vec<Event> {
+        let mut out = Vec::with_capacity(max.min(self.inner.ring.len()));
+        while out.len() < max {
+            match self.take() {
+                Some(e) => out.push(e),
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+impl Queue for MemoryQueue {
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
+        Box::pin(async move {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(AppendError::ShuttingDown);
+            }
+            let n = batch.len() as u64;
+            let bytes = batch.size_hint() as u64;
+            let cap = self.inner.ring.capacity() as u64;
+            if n > cap || bytes > self.inner.max_bytes {
+                return Err(AppendError::TooLarge {
+                    bytes: bytes as usize,
+                    limit: self.inner.max_bytes as usize,
+                });
+            }
+            if !self.reserve(n, bytes) {
+                return Err(AppendError::Full {
+                    batch: Box::new(batch),
+                    reason: "memory queue at its event or byte bound".into(),
+                    retry_after: RETRY_AFTER,
+                });
+            }
+            for e in batch.events {
+                let pushed = self.inner.ring.push(e);
+                debug_assert!(pushed.is_ok(), "a reserved push cannot fail");
+            }
+            self.inner.readable.notify_one();
+            Ok(())
+        })
+    }
+
+    fn consumer(&self, _name: &str) -> Result<Box<dyn Consumer>, ConsumeError> {
+        Ok(Box::new(self.clone()))
+    }
+
+    fn stats(&self) -> QueueStats {
+        QueueStats {
+            depth_events: self.inner.events.load(Ordering::Relaxed),
+            depth_bytes: self.inner.bytes.load(Ordering::Relaxed),
+            capacity_bytes: self.inner.max_bytes,
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.readable.notify_waiters();
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Consumer for MemoryQueue {
+    fn poll(
+        &self,
+        max_events: usize,
+        max_wait: Duration,
+    ) -> BoxFuture<'_, Result<Option<Delivery>, ConsumeError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + max_wait;
+            loop {
+                let notified = self.inner.readable.notified();
+                let events = self.drain(max_events);
+                if !events.is_empty() {
+                    // Others may be waiting too and there may be more left.
+                    if !self.inner.ring.is_empty() {
+                        self.inner.readable.notify_one();
+                    }
+                    return Ok(Some(Delivery { events, token: 0 }));
+                }
+                if self.inner.closed.load(Ordering::Acquire) {
+                    return Err(ConsumeError::Closed);
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return Ok(None);
+                }
+            }
+        })
+    }
+
+    fn commit(&self, _token: u64) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn ev(n: usize) -> Event {
+        Event::new("s", Bytes::from(format!("{{\"n\":{n}}}")))
+    }
+
+    #[tokio::test]
+    async fn bounded_all_or_nothing_and_fifo() {
+        let q = MemoryQueue::new(5, u64::MAX);
+        q.append(Batch::new((0..3).map(ev).collect()))
+            .await
+            .unwrap();
+        let err = q.append(Batch::new((3..6).map(ev).collect())).await;
+        match err {
+            Err(AppendError::Full { batch, .. }) => assert_eq!(batch.len(), 3),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        assert_eq!(
+            q.stats().depth_events,
+            3,
+            "a refused batch left nothing behind"
+        );
+        let c = q.consumer("p").unwrap();
+        let d = c
+            .poll(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .unwrap();
+        let got: Vec<_> = d.events.iter().map(|e| e.payload.clone()).collect();
+        assert_eq!(got, vec!["{\"n\":0}", "{\"n\":1}", "{\"n\":2}"]);
+        assert_eq!(q.stats().depth_events, 0);
+        assert_eq!(q.stats().depth_bytes, 0);
+        assert!(c
+            .poll(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn byte_bound_refuses() {
+        let one = ev(1).size_hint() as u64;
+        let q = MemoryQueue::new(100, one * 2);
+        q.append(Batch::new(vec![ev(1), ev(2)])).await.unwrap();
+        assert!(matches!(
+            q.append(Batch::new(vec![ev(3)])).await,
+            Err(AppendError::Full { .. })
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_consumer_is_woken() {
+        let q = MemoryQueue::new(100, u64::MAX);
+        let c = q.consumer("p").unwrap();
+        let q2 = q.clone();
+        let t = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            q2.append(Batch::new(vec![ev(7)])).await.unwrap();
+        });
+        let d = c.poll(10, Duration::from_secs(5)).await.unwrap().unwrap();
+        assert_eq!(d.events.len(), 1);
+        t.await.unwrap();
+    }
+}

@@ -1,0 +1,413 @@
+//! Configuration: one TOML file with human values (`"30s"`, `"4 GiB"`), overridden by
+//! `SLUICE_*` environment variables and then by command-line flags, validated once
+//! into a typed [`Config`]. Unknown keys are errors. Nothing else in sluice reads the
+//! environment.
+//!
+//! Environment variables map onto keys: `SLUICE_LISTEN` → `listen`,
+//! `SLUICE_QUEUE__MAX_BYTES` → `queue.max_bytes` (a double underscore separates a
+//! section from its key). `SLUICE_QUEUE` and `SLUICE_ACK` are shorthands for
+//! `queue.kind` and `queue.ack`, like the `--queue` and `--ack` flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod human;
+
+pub use human::{ByteSize, HumanDuration};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// A value is out of its allowed range.
+    #[error("{key} {message}; got {value}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        message: String,
+    },
+}
+
+/// The whole configuration of `sluice serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the ingest HTTP listener (HTTP/1.1 and h2c). Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`). Default `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Where the WAL, checkpoints and file-sink output live. Default `./sluice-data`.
+    pub data_dir: PathBuf,
+    /// How long shutdown may take before sluice exits anyway (and warns). Default `30s`.
+    pub shutdown_grace: HumanDuration,
+    /// `text` (default, for people) or `json` (for log pipelines).
+    pub log_format: LogFormat,
+    /// The queue between ingest and the processor.
+    pub queue: QueueConfig,
+    /// HTTP front-door limits.
+    pub http: HttpConfig,
+    /// The worker pool.
+    pub processor: ProcessorConfig,
+    /// Where events are delivered.
+    pub sink: SinkConfig,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which queue backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// The embedded write-ahead log under `data_dir/wal`: durable.
+    Wal,
+    /// Bounded memory: fastest, loses its contents on a crash.
+    Memory,
+}
+
+/// When an append counts as done, i.e. when the producer gets its 202.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After fdatasync: survives a power loss or kernel crash.
+    Fsync,
+    /// After write(2): survives a sluice crash, not a power loss.
+    Write,
+}
+
+/// `[queue]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `wal` (default) or `memory`.
+    pub kind: QueueKind,
+    /// `fsync` (default) or `write`; see the README's ack contract.
+    pub ack: AckMode,
+    /// Most bytes the queue holds (WAL: on disk); appends past it get 429. Default `1 GiB`.
+    pub max_bytes: ByteSize,
+    /// Most events the memory queue holds. Default 1,000,000.
+    pub max_events: usize,
+    /// WAL segment size; fully consumed segments are deleted. Default `64 MiB`.
+    pub segment_bytes: ByteSize,
+    /// How often the processor's position is checkpointed; a crash replays at most
+    /// this much. Default `100ms`.
+    pub checkpoint_interval: HumanDuration,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body, compressed and decompressed alike (413 past it). Default `10 MiB`.
+    pub max_body_bytes: ByteSize,
+    /// Requests handled at once; more get 429. Default 4,096.
+    pub max_concurrent_requests: usize,
+    /// A client must send its request headers within this time. Default `10s`.
+    pub header_read_timeout: HumanDuration,
+    /// A client must send its whole body within this time (408 past it). Default `30s`.
+    pub body_read_timeout: HumanDuration,
+    /// HTTP/2 streams per connection. Default 256.
+    pub max_concurrent_streams: u32,
+}
+
+/// `[processor]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// Concurrent deliveries; 0 means one per core (default).
+    pub workers: usize,
+    /// Most events per delivery. Default 1,000.
+    pub batch_max_events: usize,
+    /// Longest wait for a delivery to fill. Default `50ms`.
+    pub batch_max_wait: HumanDuration,
+    /// First retry delay of a failing sink. Default `100ms`.
+    pub retry_initial: HumanDuration,
+    /// Longest retry delay. Default `30s`.
+    pub retry_max: HumanDuration,
+}
+
+/// Which sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// NDJSON envelopes under `dir` (default `data_dir/out`), one directory per stream.
+    File,
+    /// NDJSON envelopes on standard output.
+    Stdout,
+    /// Drops everything (benchmarks).
+    Blackhole,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `file` (default), `stdout` or `blackhole`.
+    pub kind: SinkKind,
+    /// Output directory of the file sink; default `<data_dir>/out`.
+    pub dir: Option<PathBuf>,
+    /// The file sink starts a new file past this size. Default `128 MiB`.
+    pub max_file_bytes: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            admin_listen: "127.0.0.1:9090".parse().expect("valid address"),
+            data_dir: PathBuf::from("./sluice-data"),
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            log_format: LogFormat::Text,
+            queue: QueueConfig::default(),
+            http: HttpConfig::default(),
+            processor: ProcessorConfig::default(),
+            sink: SinkConfig::default(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            kind: QueueKind::Wal,
+            ack: AckMode::Fsync,
+            max_bytes: ByteSize(1 << 30),
+            max_events: 1_000_000,
+            segment_bytes: ByteSize(64 << 20),
+            checkpoint_interval: HumanDuration(Duration::from_millis(100)),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: ByteSize(10 << 20),
+            max_concurrent_requests: 4096,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            body_read_timeout: HumanDuration(Duration::from_secs(30)),
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            workers: 0,
+            batch_max_events: 1000,
+            batch_max_wait: HumanDuration(Duration::from_millis(50)),
+            retry_initial: HumanDuration(Duration::from_millis(100)),
+            retry_max: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::File,
+            dir: None,
+            max_file_bytes: ByteSize(128 << 20),
+        }
+    }
+}
+
+/// Where values come from, lowest precedence first.
+#[derive(Debug, Default)]
+pub struct Sources<'a> {
+    /// The TOML file, if any.
+    pub file: Option<&'a Path>,
+    /// `(name, value)` of the environment; only `SLUICE_*` names are used.
+    pub env: Vec<(String, String)>,
+    /// `(dotted.key, value)` from command-line flags.
+    pub flags: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Loads the file (if any), applies the environment and flags, and validates.
+    pub fn load(sources: Sources<'_>) -> Result<Config, ConfigError> {
+        let mut table = match sources.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        origin: path.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in &sources.env {
+            if let Some(key) = env_key(name) {
+                set(&mut table, &key, value);
+            }
+        }
+        for (key, value) in &sources.flags {
+            set(&mut table, key, value);
+        }
+        let origin = match sources.file {
+            Some(p) => format!("{} (with environment and flag overrides)", p.display()),
+            None => "configuration (environment and flags)".to_string(),
+        };
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin,
+                    message: e.message().to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The process environment's `SLUICE_*` variables, for [`Sources::env`].
+    pub fn process_env() -> Vec<(String, String)> {
+        std::env::vars()
+            .filter(|(k, _)| k.starts_with("SLUICE_"))
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let min = |key: &'static str, got: u64, least: u64| {
+            if got < least {
+                Err(ConfigError::Invalid {
+                    key,
+                    value: ByteSize(got).to_string(),
+                    message: format!("must be at least {}", ByteSize(least)),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        min("queue.max_bytes", self.queue.max_bytes.0, 1 << 20)?;
+        min("queue.segment_bytes", self.queue.segment_bytes.0, 64 << 10)?;
+        min("http.max_body_bytes", self.http.max_body_bytes.0, 1 << 10)?;
+        min("sink.max_file_bytes", self.sink.max_file_bytes.0, 4 << 10)?;
+        if self.queue.segment_bytes.0 > self.queue.max_bytes.0 {
+            return Err(ConfigError::Invalid {
+                key: "queue.segment_bytes",
+                value: self.queue.segment_bytes.to_string(),
+                message: format!(
+                    "must not be larger than queue.max_bytes ({})",
+                    self.queue.max_bytes
+                ),
+            });
+        }
+        if self.http.max_body_bytes.0 > self.queue.segment_bytes.0 / 2 {
+            return Err(ConfigError::Invalid {
+                key: "http.max_body_bytes",
+                value: self.http.max_body_bytes.to_string(),
+                message: format!(
+                    "must be at most half of queue.segment_bytes ({}) so a request fits in one WAL record",
+                    self.queue.segment_bytes
+                ),
+            });
+        }
+        let nonzero = |key: &'static str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    value: "0".into(),
+                    message: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        nonzero("queue.max_events", self.queue.max_events)?;
+        nonzero(
+            "http.max_concurrent_requests",
+            self.http.max_concurrent_requests,
+        )?;
+        nonzero(
+            "processor.batch_max_events",
+            self.processor.batch_max_events,
+        )?;
+        nonzero(
+            "http.max_concurrent_streams",
+            self.http.max_concurrent_streams as usize,
+        )?;
+        Ok(())
+    }
+
+    /// The file sink's output directory.
+    pub fn sink_dir(&self) -> PathBuf {
+        self.sink
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("out"))
+    }
+
+    /// The WAL directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+
+    /// Worker count with 0 resolved to the number of cores.
+    pub fn workers(&self) -> usize {
+        match self.processor.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// `SLUICE_QUEUE__MAX_BYTES` → `queue.max_bytes`; shorthands for `--queue` / `--ack`.
+fn env_key(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("SLUICE_")?;
+    Some(match rest {
+        "QUEUE" => "queue.kind".into(),
+        "ACK" => "queue.ack".into(),
+        "SINK" => "sink.kind".into(),
+        _ => rest.to_ascii_lowercase().replace("__", "."),
+    })
+}
+
+/// Sets a dotted key to a value given as text: TOML integers and booleans keep their
+/// type, everything else is a string (human values are strings anyway).
+fn set(table: &mut toml::Table, key: &str, value: &str) {
+    let parsed = if let Ok(i) = value.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = value.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(value.to_string())
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("split yields at least one part");
+    let mut t = table;
+    for p in parts {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = entry.as_table_mut().expect("made a table above");
+    }
+    t.insert(last.to_string(), parsed);
+}
+
+#[cfg(test)]
+mod tests;

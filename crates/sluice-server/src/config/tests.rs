@@ -1,0 +1,82 @@
+use super::*;
+
+fn load(
+    toml_text: &str,
+    env: &[(&str, &str)],
+    flags: &[(&str, &str)],
+) -> Result<Config, ConfigError> {
+    let dir = tempfile_dir();
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, toml_text).unwrap();
+    let r = Config::load(Sources {
+        file: Some(&path),
+        env: env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+        flags: flags
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+    });
+    std::fs::remove_dir_all(&dir).ok();
+    r
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sluice-config-{}", sluice_core::new_event_id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn defaults_without_any_source() {
+    let c = Config::load(Sources::default()).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.queue.kind, QueueKind::Wal);
+    assert_eq!(c.queue.ack, AckMode::Fsync);
+    assert_eq!(c.http.max_body_bytes.0, 10 << 20);
+    assert_eq!(c.sink_dir(), PathBuf::from("./sluice-data/out"));
+}
+
+#[test]
+fn file_then_env_then_flags() {
+    let c = load(
+        "listen = \"127.0.0.1:1000\"\n[queue]\nmax_bytes = \"2 GiB\"\nack = \"write\"\n",
+        &[
+            ("SLUICE_LISTEN", "127.0.0.1:2000"),
+            ("SLUICE_QUEUE__MAX_BYTES", "3 GiB"),
+            ("HOME", "/x"),
+        ],
+        &[("listen", "127.0.0.1:3000")],
+    )
+    .unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:3000", "flag wins");
+    assert_eq!(c.queue.max_bytes.0, 3 << 30, "env beats file");
+    assert_eq!(c.queue.ack, AckMode::Write, "file beats default");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_key_and_value() {
+    let e = load("[queue]\nmax_bytez = 5\n", &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_bytez"), "{e}");
+    let e = load("[queue]\nmax_bytes = \"10 KiB\"\n", &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "queue.max_bytes must be at least 1 MiB; got 10 KiB");
+    let e = load("[queue]\nack = \"sometimes\"\n", &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sometimes"), "{e}");
+    let e = load("", &[("SLUICE_QUEUE", "disk")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("disk"), "{e}");
+    let e = load("shutdown_grace = \"soon\"\n", &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("soon"), "{e}");
+}

@@ -1,0 +1,78 @@
+//! The admin listener: `/healthz` (the process is up), `/readyz` (it takes events:
+//! not shutting down, the queue below its bound) and `/metrics` (Prometheus text).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use sluice_core::Queue;
+use sluice_pipeline::ProcessorStats;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::error::ApiError;
+use crate::metrics::Metrics;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub queue: Arc<dyn Queue>,
+    pub metrics: Arc<Metrics>,
+    pub processor: Arc<ProcessorStats>,
+    pub sink: &'static str,
+    pub shutting_down: CancellationToken,
+}
+
+/// Handles one admin request.
+pub async fn handle(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(ApiError::method_not_allowed("GET").into_response());
+    }
+    let r = match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => {
+            let s = state.queue.stats();
+            if state.shutting_down.is_cancelled() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting down\n".into(),
+                    "text/plain",
+                )
+            } else if s.depth_bytes >= s.capacity_bytes {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue full\n".into(),
+                    "text/plain",
+                )
+            } else {
+                text(StatusCode::OK, "ready\n".into(), "text/plain")
+            }
+        }
+        "/metrics" => text(
+            StatusCode::OK,
+            state
+                .metrics
+                .render(state.queue.as_ref(), &state.processor, state.sink),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        _ => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin endpoints: /healthz, /readyz, /metrics",
+        )
+        .into_response(),
+    };
+    Ok(r)
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}

@@ -1,0 +1,158 @@
+//! The one place where typed errors become HTTP answers:
+//! `{"error": {"code": "...", "message": "...", "line": N}}` with the right status,
+//! `Retry-After` where a retry can succeed, and a metric reason.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use sluice_core::{AppendError, StreamNameError};
+use sluice_proto::body::BodyError;
+
+/// An error answer of the ingest API.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Machine-readable code; also the `reason` label of the rejection metric.
+    pub code: &'static str,
+    pub message: String,
+    pub line: Option<usize>,
+    pub retry_after: Option<Duration>,
+    /// Extra header, e.g. `Allow` for 405.
+    pub header: Option<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            line: None,
+            retry_after: None,
+            header: None,
+        }
+    }
+
+    pub fn retry_after(mut self, d: Duration) -> ApiError {
+        self.retry_after = Some(d);
+        self
+    }
+
+    pub fn not_found() -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; events go to POST /v1/streams/{stream}/events",
+        )
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("this endpoint takes {allow}"),
+        );
+        e.header = Some((header::ALLOW, HeaderValue::from_static(allow)));
+        e
+    }
+
+    pub fn too_large(what: &str, limit: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("{what} is larger than http.max_body_bytes ({limit} bytes)"),
+        )
+    }
+
+    pub fn shutting_down() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "sluice is shutting down; retry against another node or later",
+        )
+        .retry_after(Duration::from_secs(1))
+    }
+
+    /// Renders the answer.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Inner<'a> {
+            code: &'a str,
+            message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            line: Option<usize>,
+        }
+        let body = serde_json::to_vec(&Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                line: self.line,
+            },
+        })
+        .expect("serialising a plain struct cannot fail");
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = self.status;
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(d) = self.retry_after {
+            let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some((k, v)) = self.header {
+            h.insert(k, v);
+        }
+        r
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> ApiError {
+        let mut a = ApiError::new(StatusCode::BAD_REQUEST, e.code, e.message);
+        a.line = e.line;
+        a
+    }
+}
+
+impl From<StreamNameError> for ApiError {
+    fn from(e: StreamNameError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream", e.to_string())
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> ApiError {
+        match e {
+            AppendError::Full {
+                retry_after,
+                reason,
+                ..
+            } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!("queue is full ({reason}); retry later"),
+            )
+            .retry_after(retry_after),
+            AppendError::ShuttingDown => ApiError::shutting_down(),
+            e @ AppendError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.to_string(),
+            ),
+            e @ AppendError::Backend { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                format!("{e}; the events were not acknowledged"),
+            )
+            .retry_after(Duration::from_secs(5)),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! sluice's front doors and their wiring: the HTTP ingest API, the admin endpoints,
+//! configuration, metrics and the `sluice serve` node with its shutdown path.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+
+pub use config::Config;
+pub use node::{Node, NodeOptions, StartError};

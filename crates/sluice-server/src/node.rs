@@ -1,0 +1,240 @@
+//! `sluice serve`: every role in one process, wired from a [`Config`].
+//!
+//! Shutdown has one path: [`Node::shutdown`] (the binary calls it on SIGTERM/SIGINT)
+//! → ingest answers 503 and stops accepting, in-flight requests finish (their events
+//! are durable once acked) → the processor delivers the backlog, commits it and
+//! checkpoints → the queue is closed (final sync) → the admin listener stops. All of it under `shutdown_grace`; past it sluice warns and returns, and
+//! whatever was not committed is replayed on the next start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_core::{Queue, Sink};
+use sluice_pipeline::sinks::{BlackholeSink, FileSink, StdoutSink};
+use sluice_pipeline::{Processor, ProcessorOptions};
+use sluice_queue::{MemoryQueue, WalQueue, WalQueueOptions};
+use sluice_wal::{SyncMode, WalOptions};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AckMode, Config, QueueKind, SinkKind};
+use crate::http::admin::{self, AdminState};
+use crate::http::ingest::{self, IngestState};
+use crate::http::{serve, ConnLimits};
+use crate::metrics::{Metrics, WalMetrics};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The write-ahead log could not be opened.
+    #[error("opening the write-ahead log in {dir}")]
+    Wal {
+        dir: std::path::PathBuf,
+        #[source]
+        source: sluice_wal::OpenError,
+    },
+    /// A listener could not bind.
+    #[error("binding {key} = {addr}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The queue refused a consumer.
+    #[error("opening the processor's queue consumer")]
+    Consumer(#[source] sluice_core::ConsumeError),
+}
+
+/// What `start` can take besides the config (tests wrap the real sink, e.g. to stall it).
+#[derive(Default)]
+pub struct NodeOptions {
+    /// Replaces the sink built from the config.
+    pub sink: Option<Arc<dyn Sink>>,
+}
+
+/// A running `sluice serve`.
+pub struct Node {
+    /// The bound ingest address (useful with port 0).
+    pub http_addr: SocketAddr,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: JoinHandle<bool>,
+}
+
+impl Node {
+    /// Opens the queue, binds the listeners and starts every role.
+    pub async fn start(config: Config, opts: NodeOptions) -> Result<Node, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let queue: Arc<dyn Queue> = match config.queue.kind {
+            QueueKind::Memory => Arc::new(MemoryQueue::new(
+                config.queue.max_events,
+                config.queue.max_bytes.0,
+            )),
+            QueueKind::Wal => {
+                let dir = config.wal_dir();
+                let wal_opts = WalQueueOptions {
+                    wal: WalOptions {
+                        segment_bytes: config.queue.segment_bytes.0,
+                        max_bytes: config.queue.max_bytes.0,
+                        max_record_bytes: config.queue.segment_bytes.0 / 2,
+                        sync: match config.queue.ack {
+                            AckMode::Fsync => SyncMode::Fsync,
+                            AckMode::Write => SyncMode::Write,
+                        },
+                        observer: Some(Arc::new(WalMetrics(metrics.clone()))),
+                    },
+                    checkpoint_interval: config.queue.checkpoint_interval.0,
+                    ..WalQueueOptions::default()
+                };
+                let d = dir.clone();
+                let opened = tokio::task::spawn_blocking(move || WalQueue::open(&d, wal_opts))
+                    .await
+                    .expect("opening the WAL panicked");
+                let (q, recovery) = opened.map_err(|source| StartError::Wal {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                tracing::info!(dir = %dir.display(), ?recovery, "write-ahead log opened");
+                Arc::new(q)
+            }
+        };
+        let (sink, sink_name): (Arc<dyn Sink>, &'static str) = match opts.sink {
+            Some(s) => {
+                let name = s.name();
+                (s, name)
+            }
+            None => match config.sink.kind {
+                SinkKind::File => (
+                    Arc::new(FileSink::new(
+                        config.sink_dir(),
+                        config.sink.max_file_bytes.0,
+                    )),
+                    "file",
+                ),
+                SinkKind::Stdout => (Arc::new(StdoutSink), "stdout"),
+                SinkKind::Blackhole => (Arc::new(BlackholeSink::default()), "blackhole"),
+            },
+        };
+
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { key, addr, source })
+        };
+        let http_listener = bind("listen", config.listen).await?;
+        let admin_listener = bind("admin_listen", config.admin_listen).await?;
+        let http_addr = http_listener
+            .local_addr()
+            .expect("bound socket has an address");
+        let admin_addr = admin_listener
+            .local_addr()
+            .expect("bound socket has an address");
+
+        let processor = Processor::new(
+            queue.clone(),
+            sink,
+            ProcessorOptions {
+                workers: config.workers(),
+                batch_max_events: config.processor.batch_max_events,
+                batch_max_wait: config.processor.batch_max_wait.0,
+                retry_initial: config.processor.retry_initial.0,
+                retry_max: config.processor.retry_max.0,
+                consumer: "processor".into(),
+                // Deliver the backlog before exiting (within the grace): a node taken out
+                // of service must not strand accepted events in its local log.
+                drain_on_shutdown: true,
+            },
+        );
+        let processor_stats = processor.stats();
+
+        let shutdown = CancellationToken::new();
+        let limits = ConnLimits {
+            header_read_timeout: config.http.header_read_timeout.0,
+            max_concurrent_streams: config.http.max_concurrent_streams,
+        };
+        let ingest_state = Arc::new(IngestState {
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            limits: config.http.clone(),
+            shutting_down: shutdown.clone(),
+            in_flight: Semaphore::new(config.http.max_concurrent_requests),
+        });
+        let admin_state = Arc::new(AdminState {
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            processor: processor_stats,
+            sink: sink_name,
+            shutting_down: shutdown.clone(),
+        });
+
+        let ingest_task =
+            tokio::spawn(serve(http_listener, limits, shutdown.clone(), move |req| {
+                ingest::handle(ingest_state.clone(), req)
+            }));
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(serve(
+            admin_listener,
+            limits,
+            admin_stop.clone(),
+            move |req| admin::handle(admin_state.clone(), req),
+        ));
+        let processor_stop = CancellationToken::new();
+        let processor_task = tokio::spawn(processor.run(processor_stop.clone()));
+
+        tracing::info!(
+            listen = %http_addr,
+            admin = %admin_addr,
+            queue = ?config.queue.kind,
+            ack = ?config.queue.ack,
+            sink = sink_name,
+            "sluice is serving"
+        );
+
+        let grace = config.shutdown_grace.0;
+        let s = shutdown.clone();
+        let done = tokio::spawn(async move {
+            s.cancelled().await;
+            tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
+            let sequence = async {
+                let _ = ingest_task.await;
+                tracing::info!("ingest drained; stopping the processor");
+                processor_stop.cancel();
+                match processor_task.await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "processor stopped with an error"),
+                    Err(e) => tracing::error!(error = %e, "processor panicked"),
+                    Ok(Ok(())) => {}
+                }
+                if let Err(e) = queue.close().await {
+                    tracing::error!(error = %e, "closing the queue failed");
+                }
+            };
+            let clean = tokio::time::timeout(grace, sequence).await.is_ok();
+            if !clean {
+                tracing::warn!(grace = ?grace, "shutdown grace period expired; uncommitted events will be replayed on restart");
+            }
+            admin_stop.cancel();
+            let _ = admin_task.await;
+            clean
+        });
+        Ok(Node {
+            http_addr,
+            admin_addr,
+            shutdown,
+            done,
+        })
+    }
+
+    /// Starts the shutdown sequence (idempotent).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the node has stopped; true when shutdown finished within the grace.
+    pub async fn wait(self) -> bool {
+        self.done.await.unwrap_or(false)
+    }
+}

@@ -1,0 +1,220 @@
+//! The `sluice` binary: parses the command line, loads the configuration and runs
+//! the chosen role. The only crate that uses `anyhow`.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sluice_server::config::{ConfigError, LogFormat, Sources};
+use sluice_server::{Config, Node, NodeOptions};
+
+/// Durable event ingestion: HTTP in, write-ahead log, worker pool, sinks out.
+#[derive(Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every role in one process: HTTP ingest, the queue, the processor and the sink.
+    Serve(ServeArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Write-ahead log tools (read-only).
+    #[command(subcommand)]
+    Wal(WalCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Ingest listener address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin listener address (/healthz, /readyz, /metrics) [default: 127.0.0.1:9090].
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Data directory for the WAL and the file sink [default: ./sluice-data].
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Queue backend: wal (durable, default) or memory (not durable).
+    #[arg(long)]
+    queue: Option<String>,
+    /// When a 202 is sent: fsync (default; survives power loss) or write (survives a crash of sluice).
+    #[arg(long)]
+    ack: Option<String>,
+    /// Sink: file (default), stdout or blackhole.
+    #[arg(long)]
+    sink: Option<String>,
+    /// Log format: text (default) or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Log level filter, e.g. info, debug, sluice_wal=debug.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a configuration file (with SLUICE_* overrides) and print the result.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalCmd {
+    /// Print segments, record counts, consumer offsets and any corruption.
+    Inspect {
+        /// The WAL directory, or a data directory holding `wal/`.
+        dir: PathBuf,
+    },
+    /// Check every frame's checksum; exit 1 on corruption.
+    Verify {
+        /// The WAL directory, or a data directory holding `wal/`.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if err
+                .chain()
+                .any(|c| c.downcast_ref::<ConfigError>().is_some())
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Serve(args) => serve(args),
+        Cmd::Config(ConfigCmd::Check { file }) => {
+            let config = Config::load(Sources {
+                file: Some(&file),
+                env: Config::process_env(),
+                flags: Vec::new(),
+            })?;
+            println!("{} is valid:\n{config:#?}", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Wal(WalCmd::Inspect { dir }) | Cmd::Wal(WalCmd::Verify { dir }) if !dir.exists() => {
+            anyhow::bail!("{} does not exist", dir.display())
+        }
+        Cmd::Wal(WalCmd::Inspect { dir }) => {
+            let report = sluice_wal::inspect(&wal_dir(&dir))?;
+            println!("{report}");
+            Ok(clean_code(report.is_clean()))
+        }
+        Cmd::Wal(WalCmd::Verify { dir }) => {
+            let report = sluice_wal::inspect(&wal_dir(&dir))?;
+            if report.is_clean() {
+                println!("{}: clean", dir.display());
+            } else {
+                println!("{report}");
+            }
+            Ok(clean_code(report.is_clean()))
+        }
+    }
+}
+
+fn clean_code(clean: bool) -> ExitCode {
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Accepts the WAL directory itself or a data directory that holds `wal/`.
+fn wal_dir(dir: &Path) -> PathBuf {
+    let nested = dir.join("wal");
+    if nested.is_dir() {
+        nested
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut flags = Vec::new();
+    for (key, value) in [
+        ("listen", args.listen),
+        ("admin_listen", args.admin_listen),
+        ("data_dir", args.data_dir),
+        ("queue.kind", args.queue),
+        ("queue.ack", args.ack),
+        ("sink.kind", args.sink),
+        ("log_format", args.log_format),
+    ] {
+        if let Some(v) = value {
+            flags.push((key.to_string(), v));
+        }
+    }
+    let config = Config::load(Sources {
+        file: args.config.as_deref(),
+        env: Config::process_env(),
+        flags,
+    })?;
+    init_logging(config.log_format, &args.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let node = Node::start(config, NodeOptions::default()).await?;
+        wait_for_signal().await?;
+        tracing::info!("signal received");
+        node.shutdown();
+        let clean = node.wait().await;
+        tracing::info!(clean, "stopped");
+        Ok(if clean {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("--log-level {level:?} is not a valid filter"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! A full queue answers 429 with Retry-After, memory stays flat, and everything
+//! accepted before is delivered once the sink resumes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use sluice_core::{BoxFuture, Event, Sink, SinkError};
+use sluice_pipeline::sinks::FileSink;
+use sluice_server::NodeOptions;
+use tokio::sync::watch;
+
+use crate::support::*;
+
+/// The real file sink behind a gate that the test opens and closes.
+struct GatedSink {
+    inner: FileSink,
+    open: watch::Receiver<bool>,
+}
+
+impl Sink for GatedSink {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn deliver<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let mut open = self.open.clone();
+            let _ = open.wait_for(|o| *o).await;
+            self.inner.deliver(events).await
+        })
+    }
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_sheds_with_429_and_delivers_everything_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, open) = watch::channel(false);
+    let sink = Arc::new(GatedSink {
+        inner: FileSink::new(dir.path().join("out"), 64 << 20),
+        open,
+    });
+    let node = start_in(
+        dir,
+        &[
+            ("queue.max_bytes", "1 MiB"),
+            ("queue.segment_bytes", "128 KiB"),
+            ("http.max_body_bytes", "64 KiB"),
+            ("queue.checkpoint_interval", "10ms"),
+        ],
+        NodeOptions { sink: Some(sink) },
+    )
+    .await;
+    let http = Http::h1();
+    let url = node.events_url("bp");
+    let mut next = 0u64;
+    let mut accepted = BTreeSet::new();
+    let body = |from: u64| -> String {
+        (from..from + 100)
+            .map(|n| format!("{{\"n\":{n},\"pad\":\"{}\"}}\n", "p".repeat(200)))
+            .collect()
+    };
+
+    // Fill the log until it refuses.
+    let mut refused = None;
+    for _ in 0..200 {
+        let a = http.post(&url, &[NDJSON], body(next)).await;
+        match a.status {
+            StatusCode::ACCEPTED => accepted.extend(next..next + 100),
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused = Some(a);
+                break;
+            }
+            other => panic!("unexpected {other}: {:?}", a.body),
+        }
+        next += 100;
+    }
+    let refused = refused.expect("a 1 MiB log must fill up within 200 requests of 25 KiB");
+    assert_eq!(refused.json()["error"]["code"], "queue_full");
+    let retry: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert!(!accepted.is_empty());
+    let ready = http.get(&format!("{}/readyz", node.admin)).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while full"
+    );
+
+    // Keep pushing: every request is refused and memory stays flat.
+    let before = rss_kib();
+    for i in 0..300 {
+        let a = http.post(&url, &[NDJSON], body(1_000_000 + i * 100)).await;
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "RSS grew by {grown} KiB while shedding load"
+    );
+
+    // Resume the sink: everything accepted is delivered, then the log takes more.
+    gate.send(true).unwrap();
+    let out = node.out_dir("bp");
+    let delivered = |lines: &[String]| -> BTreeSet<u64> {
+        lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(raw_data(l)).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || delivered(&sink_lines(&out))
+            .len()
+            >= accepted.len())
+        .await,
+        "only {} of {} accepted events delivered",
+        delivered(&sink_lines(&out)).len(),
+        accepted.len()
+    );
+    assert_eq!(
+        delivered(&sink_lines(&out)),
+        accepted,
+        "exactly the accepted events"
+    );
+    let mut took = false;
+    for _ in 0..100 {
+        if http.post(&url, &[NDJSON], body(2_000_000)).await.status == StatusCode::ACCEPTED {
+            took = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(took, "the log frees space once the processor has committed");
+    node.node.shutdown();
+    assert!(node.node.wait().await);
+}

@@ -1,0 +1,212 @@
+//! Shared helpers: starting nodes and binaries, an HTTP client, reading the sink.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sluice_server::config::Sources;
+use sluice_server::{Config, Node, NodeOptions};
+
+/// An in-process `sluice serve` on free ports with its own data dir.
+pub struct TestNode {
+    pub node: Node,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub admin: String,
+}
+
+/// Config for a test node: ports 0, a temp data dir, then `flags` (dotted keys).
+pub fn test_config(dir: &Path, flags: &[(&str, &str)]) -> Config {
+    let mut all = vec![
+        ("listen".to_string(), "127.0.0.1:0".to_string()),
+        ("admin_listen".to_string(), "127.0.0.1:0".to_string()),
+        ("data_dir".to_string(), dir.display().to_string()),
+        ("shutdown_grace".to_string(), "10s".to_string()),
+    ];
+    all.extend(flags.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::load(Sources {
+        file: None,
+        env: Vec::new(),
+        flags: all,
+    })
+    .expect("test config is valid")
+}
+
+pub async fn start(flags: &[(&str, &str)], opts: NodeOptions) -> TestNode {
+    start_in(tempfile::tempdir().unwrap(), flags, opts).await
+}
+
+pub async fn start_in(
+    dir: tempfile::TempDir,
+    flags: &[(&str, &str)],
+    opts: NodeOptions,
+) -> TestNode {
+    let node = Node::start(test_config(dir.path(), flags), opts)
+        .await
+        .unwrap();
+    let base = format!("http://{}", node.http_addr);
+    let admin = format!("http://{}", node.admin_addr);
+    TestNode {
+        node,
+        dir,
+        base,
+        admin,
+    }
+}
+
+impl TestNode {
+    pub fn out_dir(&self, stream: &str) -> PathBuf {
+        self.dir.path().join("out").join(stream)
+    }
+
+    pub fn events_url(&self, stream: &str) -> String {
+        format!("{}/v1/streams/{stream}/events", self.base)
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A pooled HTTP client (HTTP/1.1, or HTTP/2 prior knowledge).
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn h1() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn h2() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Answer, String> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).unwrap();
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        self.request(Method::POST, url, headers, body)
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, url: &str) -> Answer {
+        self.request(Method::GET, url, &[], Bytes::new())
+            .await
+            .unwrap()
+    }
+}
+
+pub const JSON: (&str, &str) = ("content-type", "application/json");
+pub const NDJSON: (&str, &str) = ("content-type", "application/x-ndjson");
+
+/// Every envelope line under a stream's output directory, oldest file first.
+pub fn sink_lines(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = rd.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The raw `data` bytes of an envelope line (the producer's bytes, verbatim).
+pub fn raw_data(line: &str) -> &str {
+    let i = line.find(",\"data\":").expect("envelope has data") + ",\"data\":".len();
+    &line[i..line.len() - 1]
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+/// A metric's value from a Prometheus text page (first series matching the prefix).
+pub fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A free TCP port on 127.0.0.1 (for child processes that need a fixed address).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}

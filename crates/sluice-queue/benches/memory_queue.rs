@@ -29,8 +29,9 @@ fn run(p: usize, ops: u64) -> Duration {
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..p {
-            let (q, back) = (q.clone(), back.clone());
+            let (q1, back1) = (q.clone(), back.clone());
             s.spawn(move || {
+                let (q, back) = (q1, back1);
                 for _ in 0..per {
                     let mut e = loop {
                         if let Some(e) = back.take() {
@@ -47,8 +48,9 @@ fn run(p: usize, ops: u64) -> Duration {
                     }
                 }
             });
-            let (q, back) = (q.clone(), back.clone());
+            let (q2, back2) = (q.clone(), back.clone());
             s.spawn(move || {
+                let (q, back) = (q2, back2);
                 for _ in 0..per {
                     let e = loop {
                         if let Some(e) = q.take() {

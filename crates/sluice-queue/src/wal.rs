@@ -245,8 +245,16 @@ impl WalConsumer {
             let mut reader = reader.lock().expect("wal reader lock poisoned");
             let mut events: Vec<Event> = Vec::new();
             let mut end = None;
-            while events.len() < max_events {
-                let records = match reader.read(max_events - events.len(), max_bytes) {
+            let mut bytes = 0;
+            // Whole records only, so a delivery may pass max_events by less than one
+            // record: read one record first, then as many as its size suggests fit.
+            let mut per_record = 0;
+            while events.len() < max_events && bytes < max_bytes {
+                let want = match per_record {
+                    0 => 1,
+                    per => ((max_events - events.len()) / per).max(1),
+                };
+                let records = match reader.read(want, max_bytes - bytes) {
                     Ok(r) => r,
                     Err(e @ sluice_wal::ReadError::Corrupt { .. }) => {
                         tracing::error!(
@@ -260,6 +268,10 @@ impl WalConsumer {
                 if records.is_empty() {
                     break;
                 }
+                let before = events.len();
+                for r in &records {
+                    bytes += r.data.len();
+                }
                 for r in records {
                     end = Some(r.next);
                     match sluice_proto::record::decode(Bytes::from(r.data)) {
@@ -271,10 +283,7 @@ impl WalConsumer {
                         ),
                     }
                 }
-                // One read call per poll is enough when records are big batches.
-                if events.len() >= max_events / 2 {
-                    break;
-                }
+                per_record = per_record.max((events.len() - before).div_ceil(want).max(1));
             }
             Ok((events, end))
         })

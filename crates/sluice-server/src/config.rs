@@ -304,12 +304,14 @@ impl Config {
         min("queue.segment_bytes", self.queue.segment_bytes.0, 64 << 10)?;
         min("http.max_body_bytes", self.http.max_body_bytes.0, 1 << 10)?;
         min("sink.max_file_bytes", self.sink.max_file_bytes.0, 4 << 10)?;
-        if self.queue.segment_bytes.0 > self.queue.max_bytes.0 {
+        if self.queue.segment_bytes.0.saturating_mul(2) > self.queue.max_bytes.0 {
+            // The active segment is never deleted, so a log of fewer than two
+            // segments could fill up and never free space.
             return Err(ConfigError::Invalid {
                 key: "queue.segment_bytes",
                 value: self.queue.segment_bytes.to_string(),
                 message: format!(
-                    "must not be larger than queue.max_bytes ({})",
+                    "must be at most half of queue.max_bytes ({})",
                     self.queue.max_bytes
                 ),
             });

@@ -169,6 +169,7 @@ impl Node {
             processor: processor_stats,
             sink: sink_name,
             shutting_down: shutdown.clone(),
+            headroom: config.http.max_body_bytes.0,
         });
 
         let ingest_task =

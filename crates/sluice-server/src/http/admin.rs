@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (it takes events:
-//! not shutting down, the queue below its bound) and `/metrics` (Prometheus text).
+//! not shutting down, and the queue has room for a request of the largest size) and
+//! `/metrics` (Prometheus text).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ pub struct AdminState {
     pub processor: Arc<ProcessorStats>,
     pub sink: &'static str,
     pub shutting_down: CancellationToken,
+    /// Room a request may need in the queue (the body limit): with less than this
+    /// left, the node is not ready.
+    pub headroom: u64,
 }
 
 /// Handles one admin request.
@@ -42,7 +46,7 @@ pub async fn handle(
                     "shutting down\n".into(),
                     "text/plain",
                 )
-            } else if s.depth_bytes >= s.capacity_bytes {
+            } else if s.depth_bytes.saturating_add(state.headroom) > s.capacity_bytes {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "queue full\n".into(),

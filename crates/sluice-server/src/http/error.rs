@@ -19,8 +19,8 @@ pub struct ApiError {
     pub message: String,
     pub line: Option<usize>,
     pub retry_after: Option<Duration>,
-    /// Extra header, e.g. `Allow` for 405.
-    pub header: Option<(header::HeaderName, HeaderValue)>,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -31,7 +31,7 @@ impl ApiError {
             message: message.into(),
             line: None,
             retry_after: None,
-            header: None,
+            allow: None,
         }
     }
 
@@ -54,7 +54,7 @@ impl ApiError {
             "method_not_allowed",
             format!("this endpoint takes {allow}"),
         );
-        e.header = Some((header::ALLOW, HeaderValue::from_static(allow)));
+        e.allow = Some(allow);
         e
     }
 
@@ -107,8 +107,8 @@ impl ApiError {
             let secs = d.as_secs_f64().ceil().max(1.0) as u64;
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some((k, v)) = self.header {
-            h.insert(k, v);
+        if let Some(allow) = self.allow {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         r
     }

@@ -161,7 +161,7 @@ async fn sigkill_at_random_moments_loses_no_acked_event() {
         let ack = if round % 2 == 0 { "fsync" } else { "write" };
         let mut r = spawn(&data, ack).await;
         let load = producers(r.http, round, acked.clone());
-        tokio::time::sleep(Duration::from_millis(50 + fastrand_ms(round))).await;
+        tokio::time::sleep(Duration::from_millis(50 + kill_delay_ms(round))).await;
         r.child.start_kill().unwrap();
         r.child.wait().await.unwrap();
         for t in load {
@@ -195,8 +195,8 @@ async fn sigkill_at_random_moments_loses_no_acked_event() {
 }
 
 /// A deterministic spread of kill moments between 0 and ~450 ms.
-fn fastrand_ms(round: usize) -> u64 {
-    ((round as u64 * 2_654_435_761) % 450) as u64
+fn kill_delay_ms(round: usize) -> u64 {
+    (round as u64 * 2_654_435_761) % 450
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

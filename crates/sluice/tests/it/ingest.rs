@@ -243,7 +243,14 @@ async fn errors_answer_precisely_and_write_nothing() {
             &page,
             "sluice_ingest_rejected_requests_total{reason=\"invalid_json\"}"
         ),
-        2.0
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "sluice_ingest_rejected_requests_total{reason=\"not_an_object\"}"
+        ),
+        1.0
     );
     assert_eq!(
         metric(

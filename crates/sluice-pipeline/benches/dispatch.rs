@@ -36,7 +36,7 @@ fn run(rt: &tokio::runtime::Runtime, n: u64) -> Duration {
         let stop = CancellationToken::new();
         stop.cancel(); // drain everything, then stop
         let start = Instant::now();
-        p.run(stop).await.unwrap();
+        tokio::spawn(p.run(stop)).await.unwrap().unwrap();
         assert_eq!(sink.count(), n);
         start.elapsed()
     })

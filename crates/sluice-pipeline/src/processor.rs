@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{ConsumeError, Consumer, Delivery, Queue, Sink, SinkError};
-use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::Backoff;
@@ -99,8 +98,8 @@ impl Processor {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumeError> {
         let consumer: Arc<dyn Consumer> = Arc::from(self.queue.consumer(&self.opts.consumer)?);
         let workers = self.opts.workers.max(1);
-        let (tx, rx) = mpsc::channel::<Delivery>(workers);
-        let rx = Arc::new(Mutex::new(rx));
+        // An MPMC channel: whichever worker is free takes the next delivery.
+        let (tx, rx) = async_channel::bounded::<Delivery>(workers);
         // Workers stop only when the channel closes, i.e. after the reader is done, so
         // everything polled is delivered and committed. A sink that keeps failing keeps
         // its worker retrying: the caller's grace timeout ends the process then, and
@@ -129,7 +128,7 @@ impl Processor {
 
 async fn reader(
     consumer: Arc<dyn Consumer>,
-    tx: mpsc::Sender<Delivery>,
+    tx: async_channel::Sender<Delivery>,
     opts: &ProcessorOptions,
     shutdown: &CancellationToken,
 ) -> Result<(), ConsumeError> {
@@ -161,15 +160,14 @@ async fn reader(
 
 async fn worker(
     id: usize,
-    rx: Arc<Mutex<mpsc::Receiver<Delivery>>>,
+    rx: async_channel::Receiver<Delivery>,
     consumer: Arc<dyn Consumer>,
     sink: Arc<dyn Sink>,
     stats: Arc<ProcessorStats>,
     opts: ProcessorOptions,
 ) {
     loop {
-        let next = rx.lock().await.recv().await;
-        let Some(d) = next else { return };
+        let Ok(d) = rx.recv().await else { return };
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         deliver(id, &d, sink.as_ref(), &stats, &opts).await;
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! Events and batches.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -12,8 +13,8 @@ use bytes::Bytes;
 pub struct Event {
     /// Unique, time-ordered id (UUIDv7 text) unless the producer supplied one.
     pub id: String,
-    /// The stream the event was written to.
-    pub stream: String,
+    /// The stream the event was written to; shared by the events of a batch.
+    pub stream: Arc<str>,
     /// Optional partition / ordering key.
     pub key: Option<String>,
     /// When ingest received the event, in nanoseconds since the Unix epoch.
@@ -28,7 +29,7 @@ pub struct Event {
 
 impl Event {
     /// An event with a fresh id, received now, with no key and no headers.
-    pub fn new(stream: impl Into<String>, payload: impl Into<Bytes>) -> Event {
+    pub fn new(stream: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Event {
         Event {
             id: new_event_id(),
             stream: stream.into(),

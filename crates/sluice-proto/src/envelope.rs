@@ -9,14 +9,40 @@
 
 use sluice_core::{format_rfc3339_millis, Event};
 
+/// Remembers the last formatted `received_at`: the events of one request share it,
+/// so a delivery formats each distinct millisecond once.
+#[derive(Debug, Default)]
+pub struct TimeCache {
+    millis: Option<i64>,
+    text: Vec<u8>,
+}
+
+impl TimeCache {
+    fn format(&mut self, unix_nanos: i64) -> &[u8] {
+        let ms = unix_nanos.div_euclid(1_000_000);
+        if self.millis != Some(ms) {
+            self.text.clear();
+            format_rfc3339_millis(unix_nanos, &mut self.text);
+            self.millis = Some(ms);
+        }
+        &self.text
+    }
+}
+
 /// Appends the envelope of `event` and a newline to `out`.
 pub fn write_line(event: &Event, out: &mut Vec<u8>) {
+    write_line_cached(event, out, &mut TimeCache::default());
+}
+
+/// [`write_line`] reusing the formatted time of the previous event when it is the same
+/// millisecond.
+pub fn write_line_cached(event: &Event, out: &mut Vec<u8>, time: &mut TimeCache) {
     out.extend_from_slice(b"{\"id\":");
     write_str(&event.id, out);
     out.extend_from_slice(b",\"stream\":");
     write_str(&event.stream, out);
     out.extend_from_slice(b",\"received_at\":\"");
-    format_rfc3339_millis(event.received_at_unix_nanos, out);
+    out.extend_from_slice(time.format(event.received_at_unix_nanos));
     out.extend_from_slice(b"\",\"key\":");
     match &event.key {
         Some(k) => write_str(k, out),
@@ -43,6 +69,12 @@ pub fn write_line(event: &Event, out: &mut Vec<u8>) {
 fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Ids and stream names almost never need escaping: one branch-free scan first.
+    if !bytes.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\') {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &c) in bytes.iter().enumerate() {
         let esc: &[u8] = match c {

@@ -95,10 +95,17 @@ pub fn decode(record: Bytes) -> Result<Vec<Event>, DecodeError> {
         return Err(DecodeError::Version { got: version });
     }
     let count = r.u32("count")? as usize;
-    let mut events = Vec::with_capacity(count.min(total / 30 + 1));
+    let mut events: Vec<Event> = Vec::with_capacity(count.min(total / 30 + 1));
     for _ in 0..count {
         let id = r.string("id")?;
-        let stream = r.string("stream")?;
+        let stream_bytes = r.bytes("stream")?;
+        // A batch is almost always one stream: share the previous event's name.
+        let stream = match events.last() {
+            Some(prev) if prev.stream.as_bytes() == &stream_bytes[..] => prev.stream.clone(),
+            _ => std::str::from_utf8(&stream_bytes)
+                .map_err(|_| DecodeError::NotUtf8 { field: "stream" })?
+                .into(),
+        };
         let key = match r.u8("has_key")? {
             0 => None,
             _ => Some(r.string("key")?),

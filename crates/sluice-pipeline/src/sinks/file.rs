@@ -62,7 +62,8 @@ impl Sink for FileSink {
 
     fn deliver<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), SinkError>> {
         // Group by stream, keeping each stream's order (a delivery is usually one stream).
-        let mut groups: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut groups: Vec<(std::sync::Arc<str>, Vec<u8>)> = Vec::new();
+        let mut time = sluice_proto::envelope::TimeCache::default();
         for e in events {
             let buf = match groups.iter_mut().find(|(s, _)| *s == e.stream) {
                 Some((_, buf)) => buf,
@@ -71,7 +72,7 @@ impl Sink for FileSink {
                     &mut groups.last_mut().expect("just pushed").1
                 }
             };
-            sluice_proto::envelope::write_line(e, buf);
+            sluice_proto::envelope::write_line_cached(e, buf, &mut time);
         }
         let inner = self.inner.clone();
         Box::pin(async move {

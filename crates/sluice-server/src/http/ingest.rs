@@ -103,7 +103,7 @@ async fn ingest(
         .retry_after(std::time::Duration::from_secs(1))
     })?;
     validate_stream_name(stream)?;
-    let stream = stream.to_string();
+    let stream: std::sync::Arc<str> = stream.into();
     let format = content_type(&req)?;
     let encoding = content_encoding(&req)?;
     let want_ids = req

@@ -1,15 +1,16 @@
 //! The worker pool.
 //!
 //! ```text
-//! queue ──poll──▶ reader task ──bounded channel──▶ worker 1..N ──deliver──▶ sink
-//!                                                      │
-//!                                                      └──commit(token)──▶ queue
+//!           ┌──poll──── worker 1 ──deliver──▶ sink
+//! queue ◀───┼──poll──── worker 2 ──deliver──▶ sink
+//!           └──commit── (each worker commits its own delivery)
 //! ```
 //!
-//! The channel holds at most one delivery per worker, so the reader never runs far
-//! ahead of the sink. On shutdown the reader stops polling (or, for a non-durable
-//! queue, drains it first), workers finish what they hold and commit it, and the
-//! consumer's position is flushed.
+//! Workers pull: each polls the shared consumer only when it is free, so nothing is
+//! read ahead of the sink and batches grow by themselves while the sink is slow.
+//! Commits may arrive out of order; the queue persists only the committed prefix. On
+//! shutdown workers stop polling (or, with `drain_on_shutdown`, first empty the
+//! queue), finish and commit what they hold, and the consumer's position is flushed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,46 +94,49 @@ impl Processor {
         self.stats.clone()
     }
 
-    /// Runs until `shutdown` is cancelled, then finishes in-flight deliveries, commits
-    /// them and flushes the consumer position.
+    /// Runs until `shutdown` is cancelled (and, with `drain_on_shutdown`, the queue is
+    /// empty), lets every worker finish and commit its delivery, and flushes the
+    /// consumer position.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumeError> {
         let consumer: Arc<dyn Consumer> = Arc::from(self.queue.consumer(&self.opts.consumer)?);
-        let workers = self.opts.workers.max(1);
-        // An MPMC channel: whichever worker is free takes the next delivery.
-        let (tx, rx) = async_channel::bounded::<Delivery>(workers);
-        // Workers stop only when the channel closes, i.e. after the reader is done, so
-        // everything polled is delivered and committed. A sink that keeps failing keeps
-        // its worker retrying: the caller's grace timeout ends the process then, and
-        // the uncommitted deliveries are replayed after the restart.
-        let mut handles = Vec::with_capacity(workers);
-        for id in 0..workers {
-            handles.push(tokio::spawn(worker(
-                id,
-                rx.clone(),
-                consumer.clone(),
-                self.sink.clone(),
-                self.stats.clone(),
-                self.opts.clone(),
-            )));
-        }
-        let read = reader(consumer.clone(), tx, &self.opts, &shutdown).await;
+        let handles: Vec<_> = (0..self.opts.workers.max(1))
+            .map(|id| {
+                tokio::spawn(worker(
+                    id,
+                    consumer.clone(),
+                    self.sink.clone(),
+                    self.stats.clone(),
+                    self.opts.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        let mut result = Ok(());
         for h in handles {
-            if let Err(e) = h.await {
-                tracing::error!(error = %e, "processor worker panicked");
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => tracing::error!(error = %e, "processor worker panicked"),
             }
         }
         consumer.flush().await?;
-        read
+        result
     }
 }
 
-async fn reader(
+/// One worker: poll a delivery, deliver it (retrying), commit it, repeat. Workers
+/// pull only when they are free, so while the sink is slow the next delivery grows
+/// (up to `batch_max_events`) instead of queueing up small ones.
+async fn worker(
+    id: usize,
     consumer: Arc<dyn Consumer>,
-    tx: async_channel::Sender<Delivery>,
-    opts: &ProcessorOptions,
-    shutdown: &CancellationToken,
+    sink: Arc<dyn Sink>,
+    stats: Arc<ProcessorStats>,
+    opts: ProcessorOptions,
+    shutdown: CancellationToken,
 ) -> Result<(), ConsumeError> {
     loop {
+        // Polls are cancel-safe: a poll cut short by shutdown has handed nothing out.
         let polled = tokio::select! {
             biased;
             _ = shutdown.cancelled(), if !opts.drain_on_shutdown => return Ok(()),
@@ -140,39 +144,20 @@ async fn reader(
         };
         match polled {
             Ok(Some(d)) => {
-                if tx.send(d).await.is_err() {
-                    return Ok(());
+                stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                deliver(id, &d, sink.as_ref(), &stats, &opts).await;
+                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                if let Err(e) = consumer.commit(d.token).await {
+                    tracing::error!(worker = id, error = %e, "commit failed; the delivery will be replayed");
                 }
             }
-            Ok(None) => {
-                if shutdown.is_cancelled() {
-                    return Ok(());
-                }
-            }
+            Ok(None) if shutdown.is_cancelled() => return Ok(()),
+            Ok(None) => {}
             Err(ConsumeError::Closed) => return Ok(()),
             Err(e) => {
-                tracing::error!(error = %e, "polling the queue failed, retrying");
+                tracing::error!(worker = id, error = %e, "polling the queue failed, retrying");
                 tokio::time::sleep(opts.retry_initial).await;
             }
-        }
-    }
-}
-
-async fn worker(
-    id: usize,
-    rx: async_channel::Receiver<Delivery>,
-    consumer: Arc<dyn Consumer>,
-    sink: Arc<dyn Sink>,
-    stats: Arc<ProcessorStats>,
-    opts: ProcessorOptions,
-) {
-    loop {
-        let Ok(d) = rx.recv().await else { return };
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        deliver(id, &d, sink.as_ref(), &stats, &opts).await;
-        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Err(e) = consumer.commit(d.token).await {
-            tracing::error!(worker = id, error = %e, "commit failed; the delivery will be replayed");
         }
     }
 }

@@ -100,7 +100,7 @@ fn validate_object(text: &[u8], line: Option<usize>) -> Result<(), BodyError> {
             line,
         ));
     }
-    serde_json::from_slice::<&RawValue>(text).map_err(|e| {
+    crate::json::validate(text).map_err(|e| {
         let msg = match line {
             Some(l) => format!("invalid JSON on line {l}: {e}"),
             None => format!("invalid JSON: {e}"),

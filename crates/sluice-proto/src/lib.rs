@@ -8,4 +8,5 @@
 
 pub mod body;
 pub mod envelope;
+pub mod json;
 pub mod record;

@@ -90,14 +90,41 @@ impl MemoryQueue {
         self.inner.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
+    /// Moves every event of `events` into the queue if there is room for all of them
+    /// (leaving `events` empty, its capacity kept for reuse); otherwise moves none and
+    /// returns false. One reservation per batch keeps the per-event cost to the ring.
+    pub fn offer_all(&self, events: &mut Vec<Event>) -> bool {
+        let bytes: u64 = events.iter().map(|e| e.size_hint() as u64).sum();
+        if !self.reserve(events.len() as u64, bytes) {
+            return false;
+        }
+        for e in events.drain(..) {
+            let pushed = self.inner.ring.push(e);
+            debug_assert!(pushed.is_ok(), "a reserved push cannot fail");
+        }
+        true
+    }
+
+    /// Pops up to `max` events into `out`; returns how many. One release per call.
+    pub fn take_up_to(&self, max: usize, out: &mut Vec<Event>) -> usize {
+        let (mut n, mut bytes) = (0, 0);
+        while n < max {
+            let Some(e) = self.inner.ring.pop() else {
+                break;
+            };
+            bytes += e.size_hint() as u64;
+            out.push(e);
+            n += 1;
+        }
+        if n > 0 {
+            self.release(n as u64, bytes);
+        }
+        n
+    }
+
     fn drain(&self, max: usize) -> Vec<Event> {
         let mut out = Vec::with_capacity(max.min(self.inner.ring.len()));
-        while out.len() < max {
-            match self.take() {
-                Some(e) => out.push(e),
-                None => break,
-            }
-        }
+        self.take_up_to(max, &mut out);
         out
     }
 }
@@ -117,16 +144,13 @@ impl Queue for MemoryQueue {
                     limit: self.inner.max_bytes as usize,
                 });
             }
-            if !self.reserve(n, bytes) {
+            let mut batch = batch;
+            if !self.offer_all(&mut batch.events) {
                 return Err(AppendError::Full {
                     batch: Box::new(batch),
                     reason: "memory queue at its event or byte bound".into(),
                     retry_after: RETRY_AFTER,
                 });
-            }
-            for e in batch.events {
-                let pushed = self.inner.ring.push(e);
-                debug_assert!(pushed.is_ok(), "a reserved push cannot fail");
             }
             self.inner.readable.notify_one();
             Ok(())

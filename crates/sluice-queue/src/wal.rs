@@ -238,20 +238,22 @@ struct ConsumerState {
 
 impl WalConsumer {
     /// Reads and decodes whole records holding up to about `max_events` events.
-    async fn read(&self, max_events: usize) -> Result<Option<Delivery>, ConsumeError> {
-        // Read inline: records come from the page cache (they were just written) and a
-        // poll is bounded by max_poll_bytes (default 1 MiB, ~100 us of copying), while
-        // a hop to the blocking pool costs two context switches per poll.
-        let (events, end) = {
-            let mut reader = self.reader.lock().expect("wal reader lock poisoned");
-            read_records(&mut reader, max_events, self.opts.max_poll_bytes)
-                .map_err(|message| ConsumeError::Backend { message })?
-        };
-
+    ///
+    /// Inline, not on the blocking pool: records come from the page cache (they were
+    /// just written) and a poll is bounded by max_poll_bytes (default 1 MiB, ~100 us
+    /// of copying), while a hop to the blocking pool costs two context switches.
+    /// Workers poll concurrently, so the reader lock is held until the delivery is
+    /// registered: the tracker sees deliveries in log order.
+    fn read(&self, max_events: usize) -> Result<Option<Delivery>, ConsumeError> {
+        let mut reader = self.reader.lock().expect("wal reader lock poisoned");
+        let (events, end) = read_records(&mut reader, max_events, self.opts.max_poll_bytes)
+            .map_err(|message| ConsumeError::Backend { message })?;
         let Some(end) = end else { return Ok(None) };
         let mut st = self.state.lock().expect("consumer state poisoned");
         st.tracker.handed_out(end);
         st.events.insert(end, events.len() as u64);
+        drop(st);
+        drop(reader);
         // A delivery may be empty when only corrupt records were read: the caller
         // commits it like any other, which moves the watermark past them.
         Ok(Some(Delivery { events, token: end }))
@@ -303,7 +305,7 @@ impl Consumer for WalConsumer {
                     .expect("wal reader lock poisoned")
                     .position();
                 if pos < self.wal.durable_end() {
-                    if let Some(d) = self.read(max_events.max(1)).await? {
+                    if let Some(d) = self.read(max_events.max(1))? {
                         return Ok(Some(d));
                     }
                 }

@@ -1,5 +1,6 @@
-//! A full queue answers 429 with Retry-After, memory stays flat, and everything
-//! accepted before is delivered once the sink resumes.
+//! A troubled sink: while it is stalled the full queue answers 429 with
+//! Retry-After, memory stays flat, and everything accepted before is delivered once
+//! it resumes; while it fails, deliveries are retried until they succeed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -151,4 +152,76 @@ async fn full_queue_sheds_with_429_and_delivers_everything_after() {
     assert!(took, "the log frees space once the processor has committed");
     node.node.shutdown();
     assert!(node.node.wait().await);
+}
+
+/// The real file sink, failing its first `failures` deliveries.
+struct FlakySink {
+    inner: FileSink,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+impl Sink for FlakySink {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn deliver<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), SinkError>> {
+        use std::sync::atomic::Ordering;
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Box::pin(std::future::ready(Err(SinkError::Retryable {
+                message: "disk on fire".into(),
+            })));
+        }
+        self.inner.deliver(events)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_sink_is_retried_until_everything_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(FlakySink {
+        inner: FileSink::new(dir.path().join("out"), 64 << 20),
+        failures: std::sync::atomic::AtomicU32::new(5),
+    });
+    let node = start_in(
+        dir,
+        &[
+            ("processor.retry_initial", "10ms"),
+            ("processor.retry_max", "50ms"),
+        ],
+        NodeOptions { sink: Some(sink) },
+    )
+    .await;
+    let http = Http::h1();
+    let body: String = (0..50).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let a = http.post(&node.events_url("flaky"), &[NDJSON], body).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    let out = node.out_dir("flaky");
+    assert!(wait_until(Duration::from_secs(10), || sink_lines(&out).len() >= 50).await);
+    let ns: BTreeSet<u64> = sink_lines(&out)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(raw_data(l)).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ns, (0..50).collect::<BTreeSet<u64>>(), "nothing skipped");
+    let page = String::from_utf8(
+        http.get(&format!("{}/metrics", node.admin))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(
+        metric(&page, "sluice_sink_errors_total{sink=\"file\"}"),
+        5.0
+    );
+    assert_eq!(
+        metric(&page, "sluice_sink_delivered_events_total{sink=\"file\"}"),
+        50.0
+    );
 }

@@ -5,4 +5,5 @@ mod backpressure;
 mod cli;
 mod crash;
 mod ingest;
+mod limits;
 mod support;

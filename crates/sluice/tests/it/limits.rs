@@ -1,0 +1,118 @@
+//! Slow clients and shutdown, over raw sockets: a body that stalls gets 408, a client
+//! that never finishes its headers is disconnected while others are served, and a
+//! request in flight when shutdown starts still completes with its 202.
+
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use sluice_server::NodeOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf);
+                if let Some(i) = text.find("\r\n\r\n") {
+                    let len = text[..i]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= i + 4 + len {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_gets_408_and_slowloris_is_cut_off() {
+    let node = start(
+        &[
+            ("http.body_read_timeout", "300ms"),
+            ("http.header_read_timeout", "300ms"),
+        ],
+        NodeOptions::default(),
+    )
+    .await;
+    let addr = node.node.http_addr;
+
+    let mut slow_body = TcpStream::connect(addr).await.unwrap();
+    slow_body
+        .write_all(b"POST /v1/streams/slow/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let answer = read_response(&mut slow_body).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    let mut loris = TcpStream::connect(addr).await.unwrap();
+    loris
+        .write_all(b"POST /v1/streams/slow/events HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile another client is served.
+    let a = Http::h1()
+        .post(&node.events_url("fine"), &[JSON], "{\"ok\":1}")
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), loris.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a client that never finished its headers is still connected"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_request_completes_during_shutdown() {
+    let node = start(&[], NodeOptions::default()).await;
+    let addr = node.node.http_addr;
+    let out = node.out_dir("inflight");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let body = b"{\"during\":\"shutdown\"}";
+    s.write_all(
+        format!(
+            "POST /v1/streams/inflight/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&body[..5]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    node.node.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections once shutdown started"
+    );
+    s.write_all(&body[5..]).await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(node.node.wait().await, "clean shutdown");
+    let lines = sink_lines(&out);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(raw_data(&lines[0]), "{\"during\":\"shutdown\"}");
+}

@@ -16,7 +16,7 @@ Method (see DEVELOPERS.md "benchmarks you can trust"):
 Usage: python3 bench/e2e.py [--duration 60] [--runs 3] [--json bench/e2e.json]
 Needs: wrk (Debian package `wrk`), a release build (`cargo build --release`).
 """
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, shlex, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "sluice")
@@ -77,7 +77,7 @@ def run_case(name, ack, script, events_per_req, args, tmp):
     shutil.rmtree(data, ignore_errors=True)
     http, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     server = subprocess.Popen(["taskset", "-c", "0", BIN, "serve", "--listen", http, "--admin-listen", admin,
-                               "--data-dir", data, "--ack", ack, "--log-level", "warn"] + args.server_args,
+                               "--data-dir", data, "--ack", ack, "--log-level", "warn"] + shlex.split(args.server_args),
                               stdout=subprocess.DEVNULL, stderr=open(data + ".log", "w"))
     try:
         for _ in range(200):
@@ -127,7 +127,7 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--json", default=None)
     ap.add_argument("--cases", default="single-fsync,single-write,ndjson-fsync,ndjson-write")
-    ap.add_argument("--server-args", nargs="*", default=[])
+    ap.add_argument("--server-args", default="", help="extra flags for sluice serve, e.g. \"--queue memory --sink blackhole\"")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")

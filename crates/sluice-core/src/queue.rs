@@ -87,8 +87,10 @@ pub trait Queue: Send + Sync + 'static {
 /// One consumer of a queue. Methods take `&self` so that a reader task can poll while
 /// worker tasks commit.
 pub trait Consumer: Send + Sync {
-    /// Waits up to `max_wait` for events and returns at most `max_events` of them
-    /// (`None` when none arrived in time).
+    /// Returns a delivery as soon as `max_events` events are available, or when
+    /// `max_wait` has passed with fewer (`None` when none arrived in time). Backends
+    /// that store whole batches may pass `max_events` by less than one batch. Must be
+    /// cancel-safe: a poll dropped before it resolves has handed nothing out.
     fn poll(
         &self,
         max_events: usize,

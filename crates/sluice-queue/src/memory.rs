@@ -121,12 +121,6 @@ impl MemoryQueue {
         }
         n
     }
-
-    fn drain(&self, max: usize) -> Vec<Event> {
-        let mut out = Vec::with_capacity(max.min(self.inner.ring.len()));
-        self.take_up_to(max, &mut out);
-        out
-    }
 }
 
 impl Queue for MemoryQueue {
@@ -184,22 +178,28 @@ impl Consumer for MemoryQueue {
     ) -> BoxFuture<'_, Result<Option<Delivery>, ConsumeError>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + max_wait;
+            let max_events = max_events.max(1);
+            let mut events = Vec::new();
             loop {
                 let notified = self.inner.readable.notified();
-                let events = self.drain(max_events);
-                if !events.is_empty() {
+                self.take_up_to(max_events - events.len(), &mut events);
+                let expired = tokio::time::Instant::now() >= deadline;
+                let closed = self.inner.closed.load(Ordering::Acquire);
+                // Deliver a full batch at once, a partial one when the wait is over.
+                if events.len() >= max_events || (!events.is_empty() && (expired || closed)) {
                     // Others may be waiting too and there may be more left.
                     if !self.inner.ring.is_empty() {
                         self.inner.readable.notify_one();
                     }
                     return Ok(Some(Delivery { events, token: 0 }));
                 }
-                if self.inner.closed.load(Ordering::Acquire) {
+                if closed {
                     return Err(ConsumeError::Closed);
                 }
-                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                if expired {
                     return Ok(None);
                 }
+                let _ = tokio::time::timeout_at(deadline, notified).await;
             }
         })
     }
@@ -275,7 +275,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             q2.append(Batch::new(vec![ev(7)])).await.unwrap();
         });
-        let d = c.poll(10, Duration::from_secs(5)).await.unwrap().unwrap();
+        let d = c.poll(1, Duration::from_secs(5)).await.unwrap().unwrap();
         assert_eq!(d.events.len(), 1);
         t.await.unwrap();
     }

@@ -161,6 +161,7 @@ impl Queue for WalQueue {
             }),
             checkpointing: tokio::sync::Mutex::new(()),
             committed_events: self.inner.committed_events.clone(),
+            bytes_per_event: AtomicU64::new(0),
             opts: self.inner.opts.clone(),
         }))
     }
@@ -225,6 +226,8 @@ struct WalConsumer {
     /// One checkpoint at a time.
     checkpointing: tokio::sync::Mutex<()>,
     committed_events: Arc<AtomicU64>,
+    /// Log bytes per event in the last read (0 until the first), for batch filling.
+    bytes_per_event: AtomicU64,
     opts: WalQueueOptions,
 }
 
@@ -237,6 +240,15 @@ struct ConsumerState {
 }
 
 impl WalConsumer {
+    /// Bytes of log that hold about `max_events` events (by the sizes seen so far),
+    /// capped at `max_poll_bytes`: a poll with this much available delivers at once.
+    fn fill_bytes(&self, max_events: usize) -> u64 {
+        let per_event = self.bytes_per_event.load(Ordering::Relaxed);
+        per_event
+            .saturating_mul(max_events as u64)
+            .min(self.opts.max_poll_bytes as u64)
+    }
+
     /// Reads and decodes whole records holding up to about `max_events` events.
     ///
     /// Inline, not on the blocking pool: records come from the page cache (they were
@@ -246,9 +258,15 @@ impl WalConsumer {
     /// registered: the tracker sees deliveries in log order.
     fn read(&self, max_events: usize) -> Result<Option<Delivery>, ConsumeError> {
         let mut reader = self.reader.lock().expect("wal reader lock poisoned");
+        let reader_start = reader.position();
         let (events, end) = read_records(&mut reader, max_events, self.opts.max_poll_bytes)
             .map_err(|message| ConsumeError::Backend { message })?;
         let Some(end) = end else { return Ok(None) };
+        if !events.is_empty() {
+            let read = end - reader_start;
+            self.bytes_per_event
+                .store((read / events.len() as u64).max(1), Ordering::Relaxed);
+        }
         let mut st = self.state.lock().expect("consumer state poisoned");
         st.tracker.handed_out(end);
         st.events.insert(end, events.len() as u64);
@@ -304,14 +322,18 @@ impl Consumer for WalConsumer {
                     .lock()
                     .expect("wal reader lock poisoned")
                     .position();
-                if pos < self.wal.durable_end() {
+                let available = self.wal.durable_end().saturating_sub(pos);
+                let expired = tokio::time::Instant::now() >= deadline;
+                // Deliver a full batch at once, a partial one when the wait is over.
+                if available > 0 && (expired || available >= self.fill_bytes(max_events)) {
                     if let Some(d) = self.read(max_events.max(1))? {
                         return Ok(Some(d));
                     }
                 }
-                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                if expired {
                     return Ok(None);
                 }
+                let _ = tokio::time::timeout_at(deadline, notified).await;
             }
         })
     }

@@ -135,7 +135,8 @@ pub struct ProcessorConfig {
     pub workers: usize,
     /// Most events per delivery. Default 1,000.
     pub batch_max_events: usize,
-    /// Longest wait for a delivery to fill. Default `50ms`.
+    /// Longest wait for a delivery to fill up to `batch_max_events` before what is
+    /// there is delivered (the delivery latency at a trickle). Default `20ms`.
     pub batch_max_wait: HumanDuration,
     /// First retry delay of a failing sink. Default `100ms`.
     pub retry_initial: HumanDuration,
@@ -213,7 +214,7 @@ impl Default for ProcessorConfig {
         ProcessorConfig {
             workers: 0,
             batch_max_events: 1000,
-            batch_max_wait: HumanDuration(Duration::from_millis(50)),
+            batch_max_wait: HumanDuration(Duration::from_millis(20)),
             retry_initial: HumanDuration(Duration::from_millis(100)),
             retry_max: HumanDuration(Duration::from_secs(30)),
         }

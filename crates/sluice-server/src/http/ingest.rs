@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use sluice_core::{validate_stream_name, Batch, Event, Queue};
+use sluice_core::{validate_stream_name, AppendError, Batch, Event, Queue};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -111,15 +111,25 @@ async fn ingest(
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "ids=true" || p == "ids=1"));
     let limit = state.limits.max_body_bytes.0;
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit {
-            return Err(ApiError::too_large("request body (Content-Length)", limit));
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::too_large("request body (Content-Length)", limit));
+    }
+    // Shed load before reading, decompressing and parsing a body the full queue
+    // would refuse anyway: under overload that work is what starves the processor.
+    // (A hint only; the append below is the real check.)
+    let q = state.queue.stats();
+    if q.depth_bytes.saturating_add(declared.unwrap_or(0)) > q.capacity_bytes {
+        return Err(AppendError::Full {
+            batch: Box::default(),
+            reason: "queue.max_bytes reached".into(),
+            retry_after: std::time::Duration::from_secs(1),
         }
+        .into());
     }
     let body = read_body(req.into_body(), state).await?;
     let body = decompress(encoding, body, limit).await?;

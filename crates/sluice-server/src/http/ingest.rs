@@ -121,9 +121,11 @@ async fn ingest(
     }
     // Shed load before reading, decompressing and parsing a body the full queue
     // would refuse anyway: under overload that work is what starves the processor.
-    // (A hint only; the append below is the real check.)
+    // A hint only (the append below is the real check): a record takes about twice
+    // its NDJSON body once ids and envelopes fields are added.
     let q = state.queue.stats();
-    if q.depth_bytes.saturating_add(declared.unwrap_or(0)) > q.capacity_bytes {
+    let estimate = declared.unwrap_or(0).saturating_mul(2);
+    if q.depth_bytes.saturating_add(estimate) > q.capacity_bytes {
         return Err(AppendError::Full {
             batch: Box::default(),
             reason: "queue.max_bytes reached".into(),

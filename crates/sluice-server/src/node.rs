@@ -3,8 +3,9 @@
 //! Shutdown has one path: [`Node::shutdown`] (the binary calls it on SIGTERM/SIGINT)
 //! → ingest answers 503 and stops accepting, in-flight requests finish (their events
 //! are durable once acked) → the processor delivers the backlog, commits it and
-//! checkpoints → the queue is closed (final sync) → the admin listener stops. All of it under `shutdown_grace`; past it sluice warns and returns, and
-//! whatever was not committed is replayed on the next start.
+//! checkpoints → the queue is closed (final sync) → the admin listener stops. All of
+//! it under `shutdown_grace`; past it sluice warns and returns, and whatever was not
+//! committed is replayed on the next start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,9 +44,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The queue refused a consumer.
-    #[error("opening the processor's queue consumer")]
-    Consumer(#[source] sluice_core::ConsumeError),
 }
 
 /// What `start` can take besides the config (tests wrap the real sink, e.g. to stall it).

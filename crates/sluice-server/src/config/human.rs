@@ -17,15 +17,8 @@ pub struct HumanDuration(pub Duration);
 impl ByteSize {
     /// Parses `"10 MiB"`, `"10MB"`, `"512k"`, `"1024"`.
     pub fn parse(s: &str) -> Result<ByteSize, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size like \"10 MiB\""))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let (n, unit) = number_and_unit(s, "a size like \"10 MiB\"")?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
             "kib" => 1 << 10,
@@ -35,7 +28,7 @@ impl ByteSize {
             "gib" => 1 << 30,
             "t" | "tb" => 1_000_000_000_000,
             "tib" => 1 << 40,
-            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+            other => return Err(format!("unknown size unit {other:?} in {:?}", s.trim())),
         };
         Ok(ByteSize((n * mult as f64) as u64))
     }
@@ -56,23 +49,16 @@ impl fmt::Display for ByteSize {
 impl HumanDuration {
     /// Parses `"30s"`, `"100ms"`, `"2m"`, `"1h"`, `"250us"`.
     pub fn parse(s: &str) -> Result<HumanDuration, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration like \"30s\""))?;
-        let secs = match unit.trim() {
+        let (n, unit) = number_and_unit(s, "a duration like \"30s\"")?;
+        let secs = match unit {
             "ns" => n / 1e9,
             "us" | "µs" => n / 1e6,
             "ms" => n / 1e3,
             "s" => n,
             "m" => n * 60.0,
             "h" => n * 3600.0,
-            "" => return Err(format!("{s:?} needs a unit (ms, s, m, h)")),
-            other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+            "" => return Err(format!("{:?} needs a unit (ms, s, m, h)", s.trim())),
+            other => return Err(format!("unknown duration unit {other:?} in {:?}", s.trim())),
         };
         Ok(HumanDuration(Duration::from_secs_f64(secs)))
     }
@@ -82,6 +68,17 @@ impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.0)
     }
+}
+
+/// `" 10.5 MiB "` → `(10.5, "MiB")`; `what` names the expected form in the error.
+fn number_and_unit<'a>(s: &'a str, what: &str) -> Result<(f64, &'a str), String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n = num.parse().map_err(|_| format!("{s:?} is not {what}"))?;
+    Ok((n, unit.trim()))
 }
 
 impl<'de> Deserialize<'de> for ByteSize {

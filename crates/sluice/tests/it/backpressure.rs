@@ -209,13 +209,7 @@ async fn failing_sink_is_retried_until_everything_is_delivered() {
         })
         .collect();
     assert_eq!(ns, (0..50).collect::<BTreeSet<u64>>(), "nothing skipped");
-    let page = String::from_utf8(
-        http.get(&format!("{}/metrics", node.admin))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let page = node.metrics().await;
     assert_eq!(
         metric(&page, "sluice_sink_errors_total{sink=\"file\"}"),
         5.0

@@ -20,6 +20,16 @@ async fn delivered(node: &TestNode, stream: &str, n: usize) -> Vec<String> {
     sink_lines(&dir)
 }
 
+/// The ids of a `?ids=true` answer.
+fn ids_of(a: &Answer) -> Vec<String> {
+    a.json()["ids"]
+        .as_array()
+        .expect("ids requested")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_body_shape_lands_verbatim_with_its_id() {
     let node = start(&[], NodeOptions::default()).await;
@@ -30,34 +40,17 @@ async fn every_body_shape_lands_verbatim_with_its_id() {
     let a = http.post(&url, &[JSON], single).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
     assert_eq!(a.json()["accepted"], 1);
-    let mut ids: Vec<String> = a.json()["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let mut ids = ids_of(&a);
 
     let array = r#"[{"kind":"array","n":2}, {"kind":"array","n":3}]"#;
     let a = http.post(&url, &[JSON], array).await;
     assert_eq!(a.json()["accepted"], 2);
-    ids.extend(
-        a.json()["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string()),
-    );
+    ids.extend(ids_of(&a));
 
     let ndjson = "{\"kind\":\"ndjson\",\"n\":4}\n\n{\"kind\":\"ndjson\", \"n\":5}\n";
     let a = http.post(&url, &[NDJSON], ndjson).await;
     assert_eq!(a.json()["accepted"], 2);
-    ids.extend(
-        a.json()["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string()),
-    );
+    ids.extend(ids_of(&a));
 
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(b"{\"kind\":\"gzip\",\"n\":6}\n{\"kind\":\"gzip\",\"n\":7}\n")
@@ -70,26 +63,14 @@ async fn every_body_shape_lands_verbatim_with_its_id() {
         )
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
-    ids.extend(
-        a.json()["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string()),
-    );
+    ids.extend(ids_of(&a));
 
     let zst = zstd::encode_all(&b"[{\"kind\":\"zstd\",\"n\":8}]"[..], 3).unwrap();
     let a = http
         .post(&url, &[JSON, ("content-encoding", "zstd")], zst)
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
-    ids.extend(
-        a.json()["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string()),
-    );
+    ids.extend(ids_of(&a));
 
     let lines = delivered(&node, "clicks", 8).await;
     assert_eq!(lines.len(), 8, "{lines:#?}");
@@ -230,13 +211,7 @@ async fn errors_answer_precisely_and_write_nothing() {
     let lines = delivered(&node, "errs", 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sink_lines(&node.out_dir("errs")).len(), 1, "{lines:?}");
-    let page = String::from_utf8(
-        http.get(&format!("{}/metrics", node.admin))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let page = node.metrics().await;
     assert_eq!(metric(&page, "sluice_ingest_events_total"), 1.0);
     assert_eq!(
         metric(

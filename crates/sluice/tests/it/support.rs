@@ -68,6 +68,12 @@ impl TestNode {
     pub fn events_url(&self, stream: &str) -> String {
         format!("{}/v1/streams/{stream}/events", self.base)
     }
+
+    /// The Prometheus page of the admin listener.
+    pub async fn metrics(&self) -> String {
+        let a = Http::h1().get(&format!("{}/metrics", self.admin)).await;
+        String::from_utf8(a.body.to_vec()).expect("metrics are text")
+    }
 }
 
 /// A response, read whole.

@@ -1,8 +1,11 @@
 //! The bounded in-memory queue.
 //!
-//! A lock-free ring of events (`crossbeam_queue::ArrayQueue`) bounded in events, plus
-//! an atomic byte budget. An append first reserves room for the whole batch in both
-//! bounds, so it is all-or-nothing and the pushes that follow cannot fail. Not
+//! A lock-free ring (`crossbeam_queue::ArrayQueue`) of whole batches — one slot per
+//! request — bounded in events and bytes by two atomic budgets. An append reserves
+//! room for the whole batch in both budgets first, so it is all-or-nothing, and then
+//! moves the batch's vector into one slot: the per-event cost is nothing, the
+//! per-request cost one reservation and one CAS. A poll pops whole batches, so a
+//! delivery may pass `max_events` by less than one batch (as with the WAL). Not
 //! durable: acks mean the events are in this process's memory.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +21,9 @@ use tokio::sync::Notify;
 /// How long a producer refused by a full memory queue is told to wait.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Most batches held at once (the ring is allocated up front: 32 bytes a slot).
+const MAX_SLOTS: usize = 1 << 16;
+
 /// The bounded, non-durable memory queue.
 #[derive(Clone)]
 pub struct MemoryQueue {
@@ -25,9 +31,11 @@ pub struct MemoryQueue {
 }
 
 struct Inner {
-    ring: ArrayQueue<Event>,
+    /// Each slot holds a batch and its byte size (so a pop need not touch the events).
+    ring: ArrayQueue<(Vec<Event>, u64)>,
     /// Events reserved or held (reserved before pushing, released after popping).
     events: AtomicU64,
+    max_events: u64,
     bytes: AtomicU64,
     max_bytes: u64,
     closed: AtomicBool,
@@ -35,12 +43,14 @@ struct Inner {
 }
 
 impl MemoryQueue {
-    /// A queue holding at most `max_events` events and `max_bytes` bytes.
+    /// A queue holding at most `max_events` events and `max_bytes` bytes (and at most
+    /// 65,536 batches).
     pub fn new(max_events: usize, max_bytes: u64) -> MemoryQueue {
         MemoryQueue {
             inner: Arc::new(Inner {
-                ring: ArrayQueue::new(max_events.max(1)),
+                ring: ArrayQueue::new(max_events.clamp(1, MAX_SLOTS)),
                 events: AtomicU64::new(0),
+                max_events: max_events.max(1) as u64,
                 bytes: AtomicU64::new(0),
                 max_bytes,
                 closed: AtomicBool::new(false),
@@ -49,31 +59,35 @@ impl MemoryQueue {
         }
     }
 
-    /// Pushes one event if there is room; hands it back otherwise. The hot path of
-    /// [`Queue::append`], public for the benchmark. Handing the event back (not a
-    /// boxed error) keeps the full path allocation-free.
-    #[allow(clippy::result_large_err)]
-    pub fn offer(&self, event: Event) -> Result<(), Event> {
-        let size = event.size_hint() as u64;
-        if !self.reserve(1, size) {
-            return Err(event);
+    /// Moves a whole batch into the queue if both budgets and a slot have room;
+    /// otherwise hands it back untouched. The hot path of [`Queue::append`], public
+    /// for the benchmark: no allocation, one reservation and one push per batch.
+    pub fn offer(&self, events: Vec<Event>) -> Result<(), Vec<Event>> {
+        let bytes: u64 = events.iter().map(|e| e.size_hint() as u64).sum();
+        let n = events.len() as u64;
+        if !self.reserve(n, bytes) {
+            return Err(events);
         }
-        let pushed = self.inner.ring.push(event);
-        debug_assert!(pushed.is_ok(), "a reserved push cannot fail");
-        Ok(())
+        match self.inner.ring.push((events, bytes)) {
+            Ok(()) => Ok(()),
+            Err((events, _)) => {
+                // Out of slots (many tiny batches): as full as any other bound.
+                self.release(n, bytes);
+                Err(events)
+            }
+        }
     }
 
-    /// Pops one event. The hot path of [`Consumer::poll`], public for the benchmark.
-    pub fn take(&self) -> Option<Event> {
-        let e = self.inner.ring.pop()?;
-        self.release(1, e.size_hint() as u64);
-        Some(e)
+    /// Pops one batch. The hot path of [`Consumer::poll`], public for the benchmark.
+    pub fn take(&self) -> Option<Vec<Event>> {
+        let (events, bytes) = self.inner.ring.pop()?;
+        self.release(events.len() as u64, bytes);
+        Some(events)
     }
 
     fn reserve(&self, n: u64, bytes: u64) -> bool {
         let i = &self.inner;
-        let cap = i.ring.capacity() as u64;
-        if i.events.fetch_add(n, Ordering::AcqRel) + n > cap {
+        if i.events.fetch_add(n, Ordering::AcqRel) + n > i.max_events {
             i.events.fetch_sub(n, Ordering::AcqRel);
             return false;
         }
@@ -90,36 +104,17 @@ impl MemoryQueue {
         self.inner.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Moves every event of `events` into the queue if there is room for all of them
-    /// (leaving `events` empty, its capacity kept for reuse); otherwise moves none and
-    /// returns false. One reservation per batch keeps the per-event cost to the ring.
-    pub fn offer_all(&self, events: &mut Vec<Event>) -> bool {
-        let bytes: u64 = events.iter().map(|e| e.size_hint() as u64).sum();
-        if !self.reserve(events.len() as u64, bytes) {
-            return false;
+    /// Pops batches into `out` until it holds at least `max` events or the queue is
+    /// empty; the first batch becomes `out` itself when `out` is empty (no copy).
+    fn take_into(&self, max: usize, out: &mut Vec<Event>) {
+        while out.len() < max {
+            let Some(mut batch) = self.take() else { break };
+            if out.is_empty() {
+                std::mem::swap(out, &mut batch);
+            } else {
+                out.append(&mut batch);
+            }
         }
-        for e in events.drain(..) {
-            let pushed = self.inner.ring.push(e);
-            debug_assert!(pushed.is_ok(), "a reserved push cannot fail");
-        }
-        true
-    }
-
-    /// Pops up to `max` events into `out`; returns how many. One release per call.
-    pub fn take_up_to(&self, max: usize, out: &mut Vec<Event>) -> usize {
-        let (mut n, mut bytes) = (0, 0);
-        while n < max {
-            let Some(e) = self.inner.ring.pop() else {
-                break;
-            };
-            bytes += e.size_hint() as u64;
-            out.push(e);
-            n += 1;
-        }
-        if n > 0 {
-            self.release(n as u64, bytes);
-        }
-        n
     }
 }
 
@@ -131,18 +126,16 @@ impl Queue for MemoryQueue {
             }
             let n = batch.len() as u64;
             let bytes = batch.size_hint() as u64;
-            let cap = self.inner.ring.capacity() as u64;
-            if n > cap || bytes > self.inner.max_bytes {
+            if n > self.inner.max_events || bytes > self.inner.max_bytes {
                 return Err(AppendError::TooLarge {
                     bytes: bytes as usize,
                     limit: self.inner.max_bytes as usize,
                 });
             }
-            let mut batch = batch;
-            if !self.offer_all(&mut batch.events) {
+            if let Err(events) = self.offer(batch.events) {
                 return Err(AppendError::Full {
-                    batch: Box::new(batch),
-                    reason: "memory queue at its event or byte bound".into(),
+                    batch: Box::new(Batch::new(events)),
+                    reason: "memory queue at queue.max_events or queue.max_bytes".into(),
                     retry_after: RETRY_AFTER,
                 });
             }
@@ -182,11 +175,13 @@ impl Consumer for MemoryQueue {
             let mut events = Vec::new();
             loop {
                 let notified = self.inner.readable.notified();
-                self.take_up_to(max_events - events.len(), &mut events);
-                let expired = tokio::time::Instant::now() >= deadline;
-                let closed = self.inner.closed.load(Ordering::Acquire);
-                // Deliver a full batch at once, a partial one when the wait is over.
-                if events.len() >= max_events || (!events.is_empty() && (expired || closed)) {
+                self.take_into(max_events, &mut events);
+                // Deliver a full batch at once, a partial one when the wait is over
+                // (the clock is read only when the batch is not full).
+                let full = events.len() >= max_events;
+                let closed = !full && self.inner.closed.load(Ordering::Acquire);
+                let expired = !full && tokio::time::Instant::now() >= deadline;
+                if full || (!events.is_empty() && (expired || closed)) {
                     // Others may be waiting too and there may be more left.
                     if !self.inner.ring.is_empty() {
                         self.inner.readable.notify_one();
@@ -220,6 +215,22 @@ mod tests {
 
     fn ev(n: usize) -> Event {
         Event::new("s", Bytes::from(format!("{{\"n\":{n}}}")))
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_slot_and_polls_take_whole_batches() {
+        let q = MemoryQueue::new(100, u64::MAX);
+        for i in 0..3 {
+            q.append(Batch::new((10 * i..10 * i + 4).map(ev).collect()))
+                .await
+                .unwrap();
+        }
+        let c = q.consumer("p").unwrap();
+        let d = c.poll(6, Duration::from_millis(10)).await.unwrap().unwrap();
+        assert_eq!(d.events.len(), 8, "two whole batches for 6 wanted");
+        let d = c.poll(6, Duration::from_millis(10)).await.unwrap().unwrap();
+        assert_eq!(d.events.len(), 4);
+        assert_eq!(d.events[0].payload, "{\"n\":20}");
     }
 
     #[tokio::test]

@@ -323,9 +323,11 @@ impl Consumer for WalConsumer {
                     .expect("wal reader lock poisoned")
                     .position();
                 let available = self.wal.durable_end().saturating_sub(pos);
-                let expired = tokio::time::Instant::now() >= deadline;
-                // Deliver a full batch at once, a partial one when the wait is over.
-                if available > 0 && (expired || available >= self.fill_bytes(max_events)) {
+                // Deliver a full batch at once, a partial one when the wait is over
+                // (the clock is read only when the batch is not full).
+                let full = available > 0 && available >= self.fill_bytes(max_events);
+                let expired = !full && tokio::time::Instant::now() >= deadline;
+                if full || (available > 0 && expired) {
                     if let Some(d) = self.read(max_events.max(1))? {
                         return Ok(Some(d));
                     }

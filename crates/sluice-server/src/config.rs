@@ -52,6 +52,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How long shutdown may take before sluice exits anyway (and warns). Default `30s`.
     pub shutdown_grace: HumanDuration,
+    /// On shutdown, how long ingest keeps its listener open answering 503 with
+    /// `Retry-After` (and `/readyz` 503) before it stops accepting, so load balancers
+    /// and clients move to other nodes instead of seeing refused connections.
+    /// Counts toward `shutdown_grace`. Default `0s`.
+    pub shutdown_drain_delay: HumanDuration,
     /// `text` (default, for people) or `json` (for log pipelines).
     pub log_format: LogFormat,
     /// The queue between ingest and the processor.
@@ -175,6 +180,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9090".parse().expect("valid address"),
             data_dir: PathBuf::from("./sluice-data"),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            shutdown_drain_delay: HumanDuration(Duration::ZERO),
             log_format: LogFormat::Text,
             queue: QueueConfig::default(),
             http: HttpConfig::default(),

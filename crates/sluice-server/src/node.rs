@@ -1,7 +1,8 @@
 //! `sluice serve`: every role in one process, wired from a [`Config`].
 //!
 //! Shutdown has one path: [`Node::shutdown`] (the binary calls it on SIGTERM/SIGINT)
-//! → ingest answers 503 and stops accepting, in-flight requests finish (their events
+//! → ingest answers 503 (for `shutdown_drain_delay`) and stops accepting, in-flight
+//! requests finish (their events
 //! are durable once acked) → the processor delivers the backlog, commits it and
 //! checkpoints → the queue is closed (final sync) → the admin listener stops. All of
 //! it under `shutdown_grace`; past it sluice warns and returns, and whatever was not
@@ -170,10 +171,13 @@ impl Node {
             headroom: config.http.max_body_bytes.0,
         });
 
-        let ingest_task =
-            tokio::spawn(serve(http_listener, limits, shutdown.clone(), move |req| {
-                ingest::handle(ingest_state.clone(), req)
-            }));
+        let ingest_stop = CancellationToken::new();
+        let ingest_task = tokio::spawn(serve(
+            http_listener,
+            limits,
+            ingest_stop.clone(),
+            move |req| ingest::handle(ingest_state.clone(), req),
+        ));
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(serve(
             admin_listener,
@@ -194,11 +198,15 @@ impl Node {
         );
 
         let grace = config.shutdown_grace.0;
+        let drain_delay = config.shutdown_drain_delay.0;
         let s = shutdown.clone();
         let done = tokio::spawn(async move {
             s.cancelled().await;
-            tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
+            tracing::info!(grace = ?grace, ?drain_delay, "shutting down: answering 503, then draining in-flight requests");
             let sequence = async {
+                // Requests meanwhile get 503 + Retry-After (the handler sees `shutdown`).
+                tokio::time::sleep(drain_delay).await;
+                ingest_stop.cancel();
                 let _ = ingest_task.await;
                 tracing::info!("ingest drained; stopping the processor");
                 processor_stop.cancel();

@@ -1,6 +1,7 @@
 //! Slow clients and shutdown, over raw sockets: a body that stalls gets 408, a client
 //! that never finishes its headers is disconnected while others are served, and a
-//! request in flight when shutdown starts still completes with its 202.
+//! request in flight when shutdown starts still completes with its 202, and during
+//! the shutdown drain delay new requests get 503 with Retry-After.
 
 use std::time::{Duration, Instant};
 
@@ -115,4 +116,32 @@ async fn in_flight_request_completes_during_shutdown() {
     let lines = sink_lines(&out);
     assert_eq!(lines.len(), 1);
     assert_eq!(raw_data(&lines[0]), "{\"during\":\"shutdown\"}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_503_with_retry_after_during_the_drain_delay() {
+    let node = start(&[("shutdown_drain_delay", "2s")], NodeOptions::default()).await;
+    let http = Http::h1();
+    let url = node.events_url("late");
+    assert_eq!(
+        http.post(&url, &[JSON], "{\"early\":1}").await.status,
+        StatusCode::ACCEPTED
+    );
+    node.node.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = http.post(&url, &[JSON], "{\"late\":1}").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.json()["error"]["code"], "shutting_down");
+    assert_eq!(a.headers["retry-after"], "1");
+    let ready = http.get(&format!("{}/readyz", node.admin)).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let out = node.out_dir("late");
+    assert!(node.node.wait().await);
+    let lines = sink_lines(&out);
+    assert_eq!(
+        lines.len(),
+        1,
+        "only the event acked before shutdown: {lines:?}"
+    );
+    assert_eq!(raw_data(&lines[0]), "{\"early\":1}");
 }

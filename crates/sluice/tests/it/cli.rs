@@ -126,3 +126,57 @@ fn serve_logs_json_with_the_flag_and_stops_cleanly_on_sigterm() {
     }
     assert!(text.contains("sluice is serving"), "{text}");
 }
+
+#[test]
+fn stdout_sink_prints_envelopes() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            &http.to_string(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--sink",
+            "stdout",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let body = "{\"to\":\"stdout\"}";
+    let mut answer = String::new();
+    for _ in 0..200 {
+        if let Ok(mut s) = std::net::TcpStream::connect(http) {
+            write!(
+                s,
+                "POST /v1/streams/out/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            s.read_to_string(&mut answer).unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["stream"], "out");
+    assert_eq!(v["data"]["to"], "stdout");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

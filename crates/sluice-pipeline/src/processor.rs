@@ -63,8 +63,6 @@ impl Default for ProcessorOptions {
 pub struct ProcessorStats {
     /// Events the sink accepted.
     pub delivered_events: AtomicU64,
-    /// Deliveries the sink accepted.
-    pub delivered_batches: AtomicU64,
     /// Failed delivery attempts (each retried).
     pub delivery_errors: AtomicU64,
     /// Deliveries in the hands of workers.
@@ -114,16 +112,12 @@ impl Processor {
                 ))
             })
             .collect();
-        let mut result = Ok(());
         for h in handles {
-            match h.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(e) => tracing::error!(error = %e, "processor worker panicked"),
+            if let Err(e) = h.await {
+                tracing::error!(error = %e, "processor worker panicked");
             }
         }
-        consumer.flush().await?;
-        result
+        consumer.flush().await
     }
 }
 
@@ -137,12 +131,12 @@ async fn worker(
     stats: Arc<ProcessorStats>,
     opts: ProcessorOptions,
     shutdown: CancellationToken,
-) -> Result<(), ConsumeError> {
+) {
     loop {
         // Polls are cancel-safe: a poll cut short by shutdown has handed nothing out.
         let polled = tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if !opts.drain_on_shutdown => return Ok(()),
+            _ = shutdown.cancelled(), if !opts.drain_on_shutdown => return,
             p = consumer.poll(opts.batch_max_events, opts.batch_max_wait) => p,
         };
         match polled {
@@ -154,9 +148,9 @@ async fn worker(
                     tracing::error!(worker = id, error = %e, "commit failed; the delivery will be replayed");
                 }
             }
-            Ok(None) if shutdown.is_cancelled() => return Ok(()),
+            Ok(None) if shutdown.is_cancelled() => return,
             Ok(None) => {}
-            Err(ConsumeError::Closed) => return Ok(()),
+            Err(ConsumeError::Closed) => return,
             Err(e) => {
                 tracing::error!(worker = id, error = %e, "polling the queue failed, retrying");
                 tokio::time::sleep(opts.retry_initial).await;
@@ -183,7 +177,6 @@ async fn deliver(
             Ok(()) => {
                 let n = d.events.len() as u64;
                 stats.delivered_events.fetch_add(n, Ordering::Relaxed);
-                stats.delivered_batches.fetch_add(1, Ordering::Relaxed);
                 if let Some(last) = d.events.last() {
                     stats
                         .last_delivered_received_at

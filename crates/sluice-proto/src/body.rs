@@ -91,6 +91,26 @@ pub fn split_ndjson(body: &Bytes) -> Result<Vec<Bytes>, BodyError> {
     Ok(out)
 }
 
+/// Checks one event payload of a gRPC request: a JSON object, optionally surrounded by
+/// whitespace. `n` is the event's 1-based position, reported as `line`.
+pub fn validate_payload(payload: &[u8], n: usize) -> Result<(), BodyError> {
+    let text = trim_ws(payload);
+    if text.first() != Some(&b'{') {
+        return Err(BodyError::new(
+            "not_an_object",
+            format!("event {n}: payload is not a JSON object"),
+            Some(n),
+        ));
+    }
+    crate::json::validate(text).map_err(|e| {
+        BodyError::new(
+            "invalid_json",
+            format!("event {n}: invalid JSON payload: {e}"),
+            Some(n),
+        )
+    })
+}
+
 fn validate_object(text: &[u8], line: Option<usize>) -> Result<(), BodyError> {
     if text.first() != Some(&b'{') {
         let what = line.map_or(String::from("body"), |l| format!("line {l}"));

@@ -4,8 +4,9 @@
 //! {"id":"0193…","stream":"clicks","received_at":"2026-11-27T19:00:00.123Z","key":null,"data":{…}}
 //! ```
 //!
-//! `data` is the producer's payload verbatim. `headers` is added as an object when the
-//! event has any.
+//! `data` is the producer's payload verbatim, except that line breaks (which a valid
+//! payload can only have as whitespace between tokens) become blanks so that every
+//! envelope is one line. `headers` is added as an object when the event has any.
 
 use sluice_core::{format_rfc3339_millis, Event};
 
@@ -61,7 +62,18 @@ pub fn write_line_cached(event: &Event, out: &mut Vec<u8>, time: &mut TimeCache)
         out.push(b'}');
     }
     out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(&event.payload);
+    let data = &event.payload[..];
+    if memchr::memchr2(b'\n', b'\r', data).is_none() {
+        out.extend_from_slice(data);
+    } else {
+        // A pretty-printed payload: its line breaks can only be whitespace between
+        // tokens (JSON strings cannot hold raw control characters), so blanks keep
+        // the same JSON on one line.
+        out.extend(
+            data.iter()
+                .map(|&c| if c == b'\n' || c == b'\r' { b' ' } else { c }),
+        );
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -103,6 +115,21 @@ fn write_str(s: &str, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn pretty_printed_payload_stays_on_one_line() {
+        let e = Event::new("s", "{\r\n  \"a\": \"x\\ny\",\n  \"b\": 1\n}");
+        let mut out = Vec::new();
+        write_line(&e, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["data"]["a"], "x\ny",
+            "escaped newlines in strings are kept"
+        );
+        assert_eq!(v["data"]["b"], 1);
+    }
 
     #[test]
     fn envelope_is_json_with_verbatim_data() {

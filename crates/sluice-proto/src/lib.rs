@@ -4,9 +4,17 @@
 //!   split into the producers' payloads, byte for byte, without copying.
 //! - [`record`]: the binary encoding of a [`sluice_core::Batch`] as one queue record.
 //! - [`envelope`]: the JSON envelope that text sinks write for each delivered event.
+//! - [`v1`]: the gRPC messages and the `IngestService` stubs generated from
+//!   `proto/sluice/v1/ingest.proto` (server and client, without a transport).
 #![forbid(unsafe_code)]
 
 pub mod body;
 pub mod envelope;
 pub mod json;
 pub mod record;
+
+/// Generated from `proto/sluice/v1/ingest.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("sluice.v1");
+}

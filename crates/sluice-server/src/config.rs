@@ -63,6 +63,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// HTTP front-door limits.
     pub http: HttpConfig,
+    /// The gRPC `IngestService` (served on `listen`).
+    pub grpc: GrpcConfig,
     /// The worker pool.
     pub processor: ProcessorConfig,
     /// Where events are delivered.
@@ -132,6 +134,22 @@ pub struct HttpConfig {
     pub max_concurrent_streams: u32,
 }
 
+/// `[grpc]`. Message sizes follow `http.max_body_bytes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Request messages of one `IngestStream` / `IngestBidi` call in flight (read and
+    /// being appended, not yet acked); past it the server stops reading and HTTP/2
+    /// flow control holds the client back. Default 32.
+    pub window: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig { window: 32 }
+    }
+}
+
 /// `[processor]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -184,6 +202,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             queue: QueueConfig::default(),
             http: HttpConfig::default(),
+            grpc: GrpcConfig::default(),
             processor: ProcessorConfig::default(),
             sink: SinkConfig::default(),
         }
@@ -345,6 +364,7 @@ impl Config {
             }
         };
         nonzero("queue.max_events", self.queue.max_events)?;
+        nonzero("grpc.window", self.grpc.window)?;
         nonzero(
             "http.max_concurrent_requests",
             self.http.max_concurrent_requests,

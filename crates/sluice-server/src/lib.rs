@@ -3,6 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod error;
+pub mod front;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AckMode, Config, QueueKind, SinkKind};
+use crate::front::IngestState;
 use crate::http::admin::{self, AdminState};
-use crate::http::ingest::{self, IngestState};
 use crate::http::{serve, ConnLimits};
 use crate::metrics::{Metrics, WalMetrics};
 
@@ -47,11 +47,17 @@ pub enum StartError {
     },
 }
 
-/// What `start` can take besides the config (tests wrap the real sink, e.g. to stall it).
+/// Wraps the queue built from the config (tests stall or observe it).
+pub type QueueWrapper = Box<dyn FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue> + Send>;
+
+/// What `start` can take besides the config (tests wrap the real sink or queue, e.g.
+/// to stall it).
 #[derive(Default)]
 pub struct NodeOptions {
     /// Replaces the sink built from the config.
     pub sink: Option<Arc<dyn Sink>>,
+    /// Wraps the queue built from the config.
+    pub wrap_queue: Option<QueueWrapper>,
 }
 
 /// A running `sluice serve`.
@@ -100,6 +106,10 @@ impl Node {
                 tracing::info!(dir = %dir.display(), ?recovery, "write-ahead log opened");
                 Arc::new(q)
             }
+        };
+        let queue = match opts.wrap_queue {
+            Some(wrap) => wrap(queue),
+            None => queue,
         };
         let (sink, sink_name): (Arc<dyn Sink>, &'static str) = match opts.sink {
             Some(s) => {
@@ -160,7 +170,7 @@ impl Node {
             metrics: metrics.clone(),
             limits: config.http.clone(),
             shutting_down: shutdown.clone(),
-            in_flight: Semaphore::new(config.http.max_concurrent_requests),
+            in_flight: Arc::new(Semaphore::new(config.http.max_concurrent_requests)),
         });
         let admin_state = Arc::new(AdminState {
             queue: queue.clone(),
@@ -172,11 +182,12 @@ impl Node {
         });
 
         let ingest_stop = CancellationToken::new();
+        let grpc = crate::grpc::service(ingest_state.clone(), config.grpc.window);
         let ingest_task = tokio::spawn(serve(
             http_listener,
             limits,
             ingest_stop.clone(),
-            move |req| ingest::handle(ingest_state.clone(), req),
+            move |req| crate::http::route(ingest_state.clone(), grpc.clone(), req),
         ));
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(serve(

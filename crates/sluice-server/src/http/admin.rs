@@ -13,7 +13,7 @@ use sluice_core::Queue;
 use sluice_pipeline::ProcessorStats;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// What the admin endpoints read.

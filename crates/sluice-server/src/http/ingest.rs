@@ -15,26 +15,13 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use sluice_core::{validate_stream_name, AppendError, Batch, Event, Queue};
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use sluice_core::{validate_stream_name, AppendError, Event};
 
-use crate::config::HttpConfig;
-use crate::http::error::ApiError;
-use crate::metrics::Metrics;
+use crate::error::ApiError;
+pub use crate::front::IngestState;
 
 /// Bodies at least this large (compressed) are decompressed off the async runtime.
 const BLOCKING_DECOMPRESS_BYTES: usize = 64 * 1024;
-
-/// What the ingest handler needs.
-pub struct IngestState {
-    pub queue: Arc<dyn Queue>,
-    pub metrics: Arc<Metrics>,
-    pub limits: HttpConfig,
-    /// Cancelled when shutdown starts: new requests get 503.
-    pub shutting_down: CancellationToken,
-    pub in_flight: Semaphore,
-}
 
 #[derive(Clone, Copy)]
 enum Format {
@@ -88,20 +75,7 @@ async fn ingest(
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed("POST"));
     }
-    if state.shutting_down.is_cancelled() {
-        return Err(ApiError::shutting_down());
-    }
-    let _permit = state.in_flight.try_acquire().map_err(|_| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "overloaded",
-            format!(
-                "more than http.max_concurrent_requests ({}) requests in flight",
-                state.limits.max_concurrent_requests
-            ),
-        )
-        .retry_after(std::time::Duration::from_secs(1))
-    })?;
+    let _permit = state.admit()?;
     validate_stream_name(stream)?;
     let stream: std::sync::Arc<str> = stream.into();
     let format = content_type(&req)?;
@@ -159,10 +133,7 @@ async fn ingest(
     } else {
         Vec::new()
     };
-    state.queue.append(Batch::new(events)).await?;
-    state.metrics.events_accepted.inc_by(n as u64);
-    state.metrics.bytes_accepted.inc_by(bytes as u64);
-    state.metrics.requests_accepted.inc();
+    state.append(events, bytes).await?;
     let body = if want_ids {
         serde_json::to_vec(&serde_json::json!({ "accepted": n, "ids": ids }))
             .expect("serialising ids cannot fail")

@@ -59,7 +59,10 @@ async fn full_queue_sheds_with_429_and_delivers_everything_after() {
             ("http.max_body_bytes", "64 KiB"),
             ("queue.checkpoint_interval", "10ms"),
         ],
-        NodeOptions { sink: Some(sink) },
+        NodeOptions {
+            sink: Some(sink),
+            ..Default::default()
+        },
     )
     .await;
     let http = Http::h1();
@@ -191,7 +194,10 @@ async fn failing_sink_is_retried_until_everything_is_delivered() {
             ("processor.retry_initial", "10ms"),
             ("processor.retry_max", "50ms"),
         ],
-        NodeOptions { sink: Some(sink) },
+        NodeOptions {
+            sink: Some(sink),
+            ..Default::default()
+        },
     )
     .await;
     let http = Http::h1();

@@ -4,6 +4,7 @@
 mod backpressure;
 mod cli;
 mod crash;
+mod grpc;
 mod ingest;
 mod limits;
 mod support;

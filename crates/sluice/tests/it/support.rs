@@ -216,3 +216,17 @@ pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// A gRPC channel: HTTP/2 prior knowledge over one pooled hyper client.
+pub type GrpcChannel = Client<HttpConnector, tonic::body::Body>;
+
+/// A generated `IngestService` client talking to `addr`.
+pub fn grpc_client(
+    addr: SocketAddr,
+) -> sluice_proto::v1::ingest_service_client::IngestServiceClient<GrpcChannel> {
+    let channel = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let origin = format!("http://{addr}").parse().unwrap();
+    sluice_proto::v1::ingest_service_client::IngestServiceClient::with_origin(channel, origin)
+}

@@ -1,6 +1,8 @@
-//! The one place where typed errors become HTTP answers:
-//! `{"error": {"code": "...", "message": "...", "line": N}}` with the right status,
-//! `Retry-After` where a retry can succeed, and a metric reason.
+//! The one place where typed errors become answers: HTTP
+//! `{"error": {"code": "...", "message": "...", "line": N}}` with the right status and
+//! `Retry-After` where a retry can succeed; gRPC statuses with the same message and a
+//! `google.rpc.RetryInfo` detail (plus `retry-after` metadata, in seconds); and the
+//! metric reason (`code`) for both.
 
 use std::time::Duration;
 
@@ -33,6 +35,16 @@ impl ApiError {
             retry_after: None,
             allow: None,
         }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// The 1-based NDJSON line, array element or gRPC event the error is about.
+    pub fn line(mut self, line: usize) -> ApiError {
+        self.line = Some(line);
+        self
     }
 
     pub fn retry_after(mut self, d: Duration) -> ApiError {
@@ -112,6 +124,48 @@ impl ApiError {
         }
         r
     }
+}
+
+impl ApiError {
+    /// The gRPC status for this error: the HTTP status picks the code, the message is
+    /// `"<code>: <message>"`, and a retryable error carries its delay.
+    pub fn into_status(self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self.status.as_u16() {
+            400 | 413 | 415 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            405 => Code::Unimplemented,
+            408 => Code::DeadlineExceeded,
+            429 => Code::ResourceExhausted,
+            503 => Code::Unavailable,
+            _ => Code::Internal,
+        };
+        let message = format!("{}: {}", self.code, self.message);
+        let Some(delay) = self.retry_after else {
+            return tonic::Status::new(code, message);
+        };
+        use tonic_types::{ErrorDetails, StatusExt};
+        let mut status = tonic::Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_retry_info(Some(delay)),
+        );
+        let secs = delay.as_secs_f64().ceil().max(1.0) as u64;
+        status.metadata_mut().insert("retry-after", secs.into());
+        status
+    }
+}
+
+/// The retry delay a status carries (its `google.rpc.RetryInfo`), in milliseconds; 0
+/// when it has none.
+pub fn retry_after_ms(status: &tonic::Status) -> u64 {
+    use tonic_types::StatusExt;
+    status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl From<BodyError> for ApiError {

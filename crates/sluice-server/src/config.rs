@@ -65,6 +65,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The gRPC `IngestService` (served on `listen`).
     pub grpc: GrpcConfig,
+    /// TLS for the listeners; off unless `tls.cert` and `tls.key` are set.
+    pub tls: TlsConfig,
     /// The worker pool.
     pub processor: ProcessorConfig,
     /// Where events are delivered.
@@ -132,6 +134,11 @@ pub struct HttpConfig {
     pub body_read_timeout: HumanDuration,
     /// HTTP/2 streams per connection. Default 256.
     pub max_concurrent_streams: u32,
+    /// Connections open at once per listener; more are closed as they are accepted.
+    /// Default 20,000 (sluice raises its open-file limit to fit).
+    pub max_connections: usize,
+    /// A connection with no traffic for this long is closed (gracefully). Default `60s`.
+    pub idle_timeout: HumanDuration,
 }
 
 /// `[grpc]`. Message sizes follow `http.max_body_bytes`.
@@ -147,6 +154,44 @@ pub struct GrpcConfig {
 impl Default for GrpcConfig {
     fn default() -> Self {
         GrpcConfig { window: 32 }
+    }
+}
+
+/// `[tls]`: with `cert` and `key` set, `listen` (and `admin_listen`, unless `admin` is
+/// false) speak only TLS 1.2/1.3, offering ALPN `h2` and `http/1.1`. The files are
+/// re-read on SIGHUP and when they change, without dropping connections.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first.
+    pub cert: Option<PathBuf>,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// CA bundle, PEM: when set, clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Serve the admin listener over TLS too. Default true.
+    pub admin: Option<bool>,
+    /// How often the files are checked for changes (SIGHUP reloads at once).
+    /// Default `10s`.
+    pub watch_interval: Option<HumanDuration>,
+}
+
+impl TlsConfig {
+    /// True when TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    /// Whether the admin listener uses TLS.
+    pub fn on_admin(&self) -> bool {
+        self.enabled() && self.admin.unwrap_or(true)
+    }
+
+    /// The files a reload reads.
+    pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.cert, &self.key, &self.client_ca]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -203,6 +248,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             http: HttpConfig::default(),
             grpc: GrpcConfig::default(),
+            tls: TlsConfig::default(),
             processor: ProcessorConfig::default(),
             sink: SinkConfig::default(),
         }
@@ -230,6 +276,8 @@ impl Default for HttpConfig {
             header_read_timeout: HumanDuration(Duration::from_secs(10)),
             body_read_timeout: HumanDuration(Duration::from_secs(30)),
             max_concurrent_streams: 256,
+            max_connections: 20_000,
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -365,6 +413,32 @@ impl Config {
         };
         nonzero("queue.max_events", self.queue.max_events)?;
         nonzero("grpc.window", self.grpc.window)?;
+        nonzero("http.max_connections", self.http.max_connections)?;
+        if self.http.idle_timeout.0 < Duration::from_millis(10) {
+            return Err(ConfigError::Invalid {
+                key: "http.idle_timeout",
+                value: self.http.idle_timeout.to_string(),
+                message: "must be at least 10ms".into(),
+            });
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            let (key, value) = match &self.tls.cert {
+                Some(c) => ("tls.key", format!("nothing (tls.cert = {})", c.display())),
+                None => ("tls.cert", "nothing (tls.key is set)".to_string()),
+            };
+            return Err(ConfigError::Invalid {
+                key,
+                value,
+                message: "must be set together with the other".into(),
+            });
+        }
+        if self.tls.client_ca.is_some() && !self.tls.enabled() {
+            return Err(ConfigError::Invalid {
+                key: "tls.client_ca",
+                value: "a CA bundle".into(),
+                message: "needs tls.cert and tls.key".into(),
+            });
+        }
         nonzero(
             "http.max_concurrent_requests",
             self.http.max_concurrent_requests,

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod tls;
 
 pub use config::Config;
 pub use node::{Node, NodeOptions, StartError};

@@ -19,6 +19,7 @@ use sluice_pipeline::ProcessorStats;
 use sluice_wal::WalObserver;
 
 type Label = [(&'static str, &'static str); 1];
+type Label2 = [(&'static str, &'static str); 2];
 
 /// Every metric sluice exports.
 pub struct Metrics {
@@ -37,6 +38,13 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Records written per WAL group commit.
     pub group_commit_records: Histogram,
+    /// Connections open, by listener.
+    pub connections_open: Family<Label, Gauge>,
+    /// Connections closed or refused by the server, by listener and reason
+    /// (`header_timeout`, `idle_timeout`, `tls_handshake`, `max_connections`).
+    pub connections_closed: Family<Label2, Counter>,
+    /// Successful and failed TLS certificate reloads.
+    pub tls_reloads: Family<Label, Counter>,
     queue_depth_events: Gauge,
     queue_depth_bytes: Gauge,
     queue_capacity_bytes: Gauge,
@@ -96,6 +104,24 @@ impl Metrics {
             "WAL fdatasync latency",
             fsync_seconds.clone(),
         );
+        let connections_open = Family::<Label, Gauge>::default();
+        r.register(
+            "sluice_connections_open",
+            "Client connections open, by listener",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<Label2, Counter>::default();
+        r.register(
+            "sluice_connections_closed",
+            "Client connections the server closed or refused, by listener and reason",
+            connections_closed.clone(),
+        );
+        let tls_reloads = Family::<Label, Counter>::default();
+        r.register(
+            "sluice_tls_reloads",
+            "TLS certificate reloads, by result",
+            tls_reloads.clone(),
+        );
         let group_commit_records = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         r.register(
             "sluice_wal_group_commit_records",
@@ -153,6 +179,9 @@ impl Metrics {
             request_seconds,
             fsync_seconds,
             group_commit_records,
+            connections_open,
+            connections_closed,
+            tls_reloads,
             queue_depth_events,
             queue_depth_bytes,
             queue_capacity_bytes,

@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AckMode, Config, QueueKind, SinkKind};
 use crate::front::IngestState;
 use crate::http::admin::{self, AdminState};
-use crate::http::{serve, ConnLimits};
+use crate::http::{serve, Listener};
 use crate::metrics::{Metrics, WalMetrics};
+use crate::tls::{TlsError, TlsReloader};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,9 @@ pub enum StartError {
         #[source]
         source: sluice_wal::OpenError,
     },
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("loading TLS certificates")]
+    Tls(#[source] TlsError),
     /// A listener could not bind.
     #[error("binding {key} = {addr}")]
     Bind {
@@ -161,9 +165,25 @@ impl Node {
         let processor_stats = processor.stats();
 
         let shutdown = CancellationToken::new();
-        let limits = ConnLimits {
+        let tls = match config.tls.enabled() {
+            false => None,
+            true => Some(Arc::new(
+                TlsReloader::new(config.tls.clone()).map_err(StartError::Tls)?,
+            )),
+        };
+        let ingest_listener = Listener {
+            name: "ingest",
             header_read_timeout: config.http.header_read_timeout.0,
+            idle_timeout: config.http.idle_timeout.0,
             max_concurrent_streams: config.http.max_concurrent_streams,
+            max_connections: config.http.max_connections,
+            tls: tls.clone(),
+            metrics: metrics.clone(),
+        };
+        let admin_listener_settings = Listener {
+            name: "admin",
+            tls: tls.clone().filter(|_| config.tls.on_admin()),
+            ..ingest_listener.clone()
         };
         let ingest_state = Arc::new(IngestState {
             queue: queue.clone(),
@@ -185,17 +205,32 @@ impl Node {
         let grpc = crate::grpc::service(ingest_state.clone(), config.grpc.window);
         let ingest_task = tokio::spawn(serve(
             http_listener,
-            limits,
+            ingest_listener,
             ingest_stop.clone(),
             move |req| crate::http::route(ingest_state.clone(), grpc.clone(), req),
         ));
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(serve(
             admin_listener,
-            limits,
+            admin_listener_settings,
             admin_stop.clone(),
             move |req| admin::handle(admin_state.clone(), req),
         ));
+        if let Some(tls) = tls {
+            let every = config
+                .tls
+                .watch_interval
+                .map_or(std::time::Duration::from_secs(10), |d| d.0);
+            // Registered before start returns, so a SIGHUP from now on is a reload.
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            tokio::spawn(watch_tls(
+                tls,
+                every,
+                hup,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
         let processor_stop = CancellationToken::new();
         let processor_task = spawn_processor(processor, processor_stop.clone());
 
@@ -255,6 +290,57 @@ impl Node {
     pub async fn wait(self) -> bool {
         self.done.await.unwrap_or(false)
     }
+}
+
+/// Reloads the TLS files on SIGHUP and when they change, until shutdown.
+async fn watch_tls(
+    tls: Arc<TlsReloader>,
+    every: std::time::Duration,
+    mut hup: Option<tokio::signal::unix::Signal>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        let why = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending().await,
+                }
+            } => "SIGHUP",
+            _ = tokio::time::sleep(every) => {
+                if !tls.files_changed() {
+                    continue;
+                }
+                "files changed"
+            }
+        };
+        match tls.reload() {
+            Ok(()) => {
+                metrics.tls_reloads.get_or_create(&[("result", "ok")]).inc();
+                tracing::info!(trigger = why, "tls certificates reloaded");
+            }
+            Err(e) => {
+                metrics
+                    .tls_reloads
+                    .get_or_create(&[("result", "error")])
+                    .inc();
+                tracing::error!(trigger = why, error = %error_chain(&e), "tls reload failed; keeping the previous certificates");
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
 }
 
 /// Runs the processor on a thread and runtime of its own. Ingest and delivery then

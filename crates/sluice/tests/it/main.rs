@@ -8,3 +8,4 @@ mod grpc;
 mod ingest;
 mod limits;
 mod support;
+mod tls;

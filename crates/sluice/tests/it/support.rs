@@ -230,3 +230,21 @@ pub fn grpc_client(
     let origin = format!("http://{addr}").parse().unwrap();
     sluice_proto::v1::ingest_service_client::IngestServiceClient::with_origin(channel, origin)
 }
+
+/// Like [`wait_until`], with an async check.
+pub async fn wait_until_async<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod access;
 mod human;
 
+pub use access::{AuthConfig, KeyConfig, LimitsConfig};
 pub use human::{ByteSize, HumanDuration};
 
 /// Why a configuration was refused.
@@ -67,6 +69,10 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// TLS for the listeners; off unless `tls.cert` and `tls.key` are set.
     pub tls: TlsConfig,
+    /// API keys.
+    pub auth: AuthConfig,
+    /// Rate limits over all keys.
+    pub limits: LimitsConfig,
     /// The worker pool.
     pub processor: ProcessorConfig,
     /// Where events are delivered.
@@ -249,6 +255,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             grpc: GrpcConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
             processor: ProcessorConfig::default(),
             sink: SinkConfig::default(),
         }
@@ -414,6 +422,21 @@ impl Config {
         nonzero("queue.max_events", self.queue.max_events)?;
         nonzero("grpc.window", self.grpc.window)?;
         nonzero("http.max_connections", self.http.max_connections)?;
+        self.auth.validate()?;
+        self.limits.validate()?;
+        if self.auth.keys.is_empty()
+            && !self.auth.allow_unauthenticated
+            && !self.listen.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid {
+                key: "listen",
+                value: self.listen.to_string(),
+                message: "is not a loopback address and no API keys are configured \
+                          ([[auth.keys]], see `sluice keys generate`); pass \
+                          --allow-unauthenticated to serve it open anyway"
+                    .into(),
+            });
+        }
         if self.http.idle_timeout.0 < Duration::from_millis(10) {
             return Err(ConfigError::Invalid {
                 key: "http.idle_timeout",

@@ -41,9 +41,10 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    /// The 1-based NDJSON line, array element or gRPC event the error is about.
-    pub fn line(mut self, line: usize) -> ApiError {
-        self.line = Some(line);
+    /// Marks the error as about the `n`th event of a gRPC request message.
+    pub fn at_event(mut self, n: usize) -> ApiError {
+        self.line = Some(n);
+        self.message = format!("event {n}: {}", self.message);
         self
     }
 

@@ -10,8 +10,10 @@ use sluice_core::{Batch, Event, Queue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HttpConfig;
+use crate::auth::{Keys, Principal};
+use crate::config::{Config, HttpConfig};
 use crate::error::ApiError;
+use crate::limit::Bucket;
 use crate::metrics::Metrics;
 
 /// The state both front doors serve from.
@@ -23,9 +25,28 @@ pub struct IngestState {
     pub shutting_down: CancellationToken,
     /// Requests (HTTP requests, gRPC calls) being served at once.
     pub in_flight: Arc<Semaphore>,
+    /// API keys.
+    pub keys: Keys,
+    /// Node-wide rate limits.
+    pub events_rate: Option<Bucket>,
+    pub bytes_rate: Option<Bucket>,
 }
 
 impl IngestState {
+    /// The state for `config`, serving from `queue`.
+    pub fn new(config: &Config, queue: Arc<dyn Queue>, metrics: Arc<Metrics>) -> IngestState {
+        IngestState {
+            queue,
+            metrics,
+            limits: config.http.clone(),
+            shutting_down: CancellationToken::new(),
+            in_flight: Arc::new(Semaphore::new(config.http.max_concurrent_requests)),
+            keys: Keys::new(&config.auth),
+            events_rate: config.limits.events_per_s.map(|r| Bucket::new(r as f64)),
+            bytes_rate: config.limits.bytes_per_s.map(|r| Bucket::new(r.0 as f64)),
+        }
+    }
+
     /// Admits a request, or says why not: shutting down, or too many in flight.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         if self.shutting_down.is_cancelled() {
@@ -42,6 +63,50 @@ impl IngestState {
             )
             .retry_after(Duration::from_secs(1))
         })
+    }
+
+    /// 429 while a node-wide or the key's own rate limit is in debt.
+    pub fn check_rate(&self, principal: &Principal) -> Result<(), ApiError> {
+        let key = principal.as_deref();
+        let buckets = [
+            (self.events_rate.as_ref(), "limits.events_per_s"),
+            (self.bytes_rate.as_ref(), "limits.bytes_per_s"),
+            (
+                key.and_then(|k| k.events.as_ref()),
+                "events_per_s of the API key",
+            ),
+            (
+                key.and_then(|k| k.bytes.as_ref()),
+                "bytes_per_s of the API key",
+            ),
+        ];
+        for (bucket, what) in buckets {
+            if let Some(Err(wait)) = bucket.map(Bucket::check) {
+                let who = key.map_or(String::new(), |k| format!(" (key {})", k.name));
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("over the rate limit {what}{who}"),
+                )
+                .retry_after(wait.max(Duration::from_millis(1))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Charges a request's events and bytes to the rate limits.
+    pub fn charge(&self, principal: &Principal, events: usize, bytes: usize) {
+        let key = principal.as_deref();
+        for (bucket, units) in [
+            (self.events_rate.as_ref(), events),
+            (self.bytes_rate.as_ref(), bytes),
+            (key.and_then(|k| k.events.as_ref()), events),
+            (key.and_then(|k| k.bytes.as_ref()), bytes),
+        ] {
+            if let Some(b) = bucket {
+                b.charge(units as u64);
+            }
+        }
     }
 
     /// Appends one request's events as one batch (all or nothing) and returns once

@@ -18,6 +18,7 @@ use sluice_proto::v1::{self as pb, IngestAck, IngestRequest, IngestResponse};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{check_stream, Principal};
 use crate::error::ApiError;
 use crate::front::IngestState;
 
@@ -55,8 +56,9 @@ impl IngestService for Grpc {
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
         let state = &self.state;
+        let principal = authenticate(state, &request)?;
         let _permit = state.admit().map_err(|e| reject(state, e))?;
-        let prepared = prepare(request.into_inner());
+        let prepared = prepare(state, &principal, request.into_inner());
         let accepted = append(state.clone(), prepared)
             .await
             .map_err(|e| reject(state, e))?;
@@ -71,6 +73,7 @@ impl IngestService for Grpc {
         request: Request<Streaming<IngestRequest>>,
     ) -> Result<Response<IngestResponse>, Status> {
         let state = &self.state;
+        let principal = authenticate(state, &request)?;
         let _permit = state.admit().map_err(|e| reject(state, e))?;
         let mut inbound = request.into_inner();
         let mut pending: FuturesOrdered<_> = FuturesOrdered::new();
@@ -104,7 +107,7 @@ impl IngestService for Grpc {
                     match msg {
                         Ok(Some(m)) => {
                             sequence += 1;
-                            let prepared = prepare(m);
+                            let prepared = prepare(state, &principal, m);
                             if let Err(e) = prepared {
                                 failed = Some((sequence, e));
                                 continue;
@@ -148,6 +151,7 @@ impl IngestService for Grpc {
         request: Request<Streaming<IngestRequest>>,
     ) -> Result<Response<AckStream>, Status> {
         let state = self.state.clone();
+        let principal = authenticate(&state, &request)?;
         // Admission is per call; the permit lives as long as the stream.
         let permit = state.admit().map_err(|e| reject(&state, e))?;
         let window = self.window;
@@ -189,7 +193,8 @@ impl IngestService for Grpc {
                             Ok(Some(m)) => {
                                 sequence += 1;
                                 sequences.push_back(sequence);
-                                pending.push_back(append(state.clone(), prepare(m)));
+                                let prepared = prepare(&state, &principal, m);
+                                pending.push_back(append(state.clone(), prepared));
                             }
                             Ok(None) => inbound_done = true,
                             Err(status) => {
@@ -210,6 +215,15 @@ impl IngestService for Grpc {
     }
 }
 
+/// The API key in the call's metadata (`authorization: Bearer KEY` or `x-api-key`).
+fn authenticate<T>(state: &IngestState, request: &Request<T>) -> Result<Principal, Status> {
+    let md = request.metadata();
+    state
+        .keys
+        .authenticate_by(|name| md.get(name).and_then(|v| v.to_str().ok()))
+        .map_err(|e| reject(state, e))
+}
+
 /// Counts a rejection and turns it into a status.
 fn reject(state: &IngestState, e: ApiError) -> Status {
     state.metrics.reject(e.code);
@@ -223,10 +237,16 @@ struct Prepared {
     return_ids: bool,
 }
 
-/// Validates one request message (synchronously, so a stream's messages are judged
-/// in order).
-fn prepare(req: IngestRequest) -> Result<Prepared, ApiError> {
-    let (events, bytes) = to_events(req.stream, req.events)?;
+/// Validates one request message and charges it to the rate limits (synchronously,
+/// so a stream's messages are judged in order).
+fn prepare(
+    state: &IngestState,
+    principal: &Principal,
+    req: IngestRequest,
+) -> Result<Prepared, ApiError> {
+    state.check_rate(principal)?;
+    let (events, bytes) = to_events(principal, req.stream, req.events)?;
+    state.charge(principal, events.len(), bytes);
     Ok(Prepared {
         events,
         bytes,
@@ -257,7 +277,11 @@ async fn append(
 
 /// Turns the protobuf events into queue events: ids assigned where missing, streams
 /// defaulted and checked, payloads checked to be JSON objects.
-fn to_events(stream: String, events: Vec<pb::Event>) -> Result<(Vec<Event>, usize), ApiError> {
+fn to_events(
+    principal: &Principal,
+    stream: String,
+    events: Vec<pb::Event>,
+) -> Result<(Vec<Event>, usize), ApiError> {
     if events.is_empty() {
         return Err(ApiError::bad_request(
             "empty_body",
@@ -268,6 +292,7 @@ fn to_events(stream: String, events: Vec<pb::Event>) -> Result<(Vec<Event>, usiz
         None
     } else {
         validate_stream_name(&stream)?;
+        check_stream(principal, &stream)?;
         Some(stream.into())
     };
     let received_at = sluice_core::now_unix_nanos();
@@ -281,12 +306,13 @@ fn to_events(stream: String, events: Vec<pb::Event>) -> Result<(Vec<Event>, usiz
             (None, true) => {
                 return Err(ApiError::bad_request(
                     "invalid_stream",
-                    format!("event {n}: no stream (set IngestRequest.stream or Event.stream)"),
+                    "no stream (set IngestRequest.stream or Event.stream)",
                 )
-                .line(n))
+                .at_event(n))
             }
             (_, false) => {
-                validate_stream_name(&e.stream).map_err(|err| ApiError::from(err).line(n))?;
+                validate_stream_name(&e.stream).map_err(|err| ApiError::from(err).at_event(n))?;
+                check_stream(principal, &e.stream).map_err(|err| err.at_event(n))?;
                 e.stream.into()
             }
         };
@@ -296,9 +322,9 @@ fn to_events(stream: String, events: Vec<pb::Event>) -> Result<(Vec<Event>, usiz
         } else if e.id.len() > MAX_ID_LEN || e.id.chars().any(char::is_control) {
             return Err(ApiError::bad_request(
                 "invalid_id",
-                format!("event {n}: an id has 1 to {MAX_ID_LEN} bytes and no control characters"),
+                format!("an id has 1 to {MAX_ID_LEN} bytes and no control characters"),
             )
-            .line(n));
+            .at_event(n));
         } else {
             e.id
         };

@@ -2,11 +2,13 @@
 //! configuration, metrics and the `sluice serve` node with its shutdown path.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod front;
 pub mod grpc;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod node;
 pub mod tls;

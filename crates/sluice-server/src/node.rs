@@ -17,7 +17,6 @@ use sluice_pipeline::{Processor, ProcessorOptions};
 use sluice_queue::{MemoryQueue, WalQueue, WalQueueOptions};
 use sluice_wal::{SyncMode, WalOptions};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -186,11 +185,8 @@ impl Node {
             ..ingest_listener.clone()
         };
         let ingest_state = Arc::new(IngestState {
-            queue: queue.clone(),
-            metrics: metrics.clone(),
-            limits: config.http.clone(),
             shutting_down: shutdown.clone(),
-            in_flight: Arc::new(Semaphore::new(config.http.max_concurrent_requests)),
+            ..IngestState::new(&config, queue.clone(), metrics.clone())
         });
         let admin_state = Arc::new(AdminState {
             queue: queue.clone(),

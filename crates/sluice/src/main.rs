@@ -27,13 +27,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run every role in one process: HTTP ingest, the queue, the processor and the sink.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
     /// Write-ahead log tools (read-only).
     #[command(subcommand)]
     Wal(WalCmd),
+    /// API key tools.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Make a new random API key: the key is printed on stderr, the `[[auth.keys]]`
+    /// entry with its SHA-256 on stdout (so `>> sluice.toml` stores only the hash).
+    Generate {
+        /// The key's name, for logs and error messages.
+        #[arg(long, default_value = "producer")]
+        name: String,
+        /// Stream patterns it may write (`*` and `?` wildcards), comma-separated.
+        #[arg(long, default_value = "*")]
+        streams: String,
+    },
 }
 
 #[derive(Args)]
@@ -62,6 +79,18 @@ struct ServeArgs {
     /// Log format: text (default) or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long)]
+    tls_cert: Option<String>,
+    /// The TLS private key (PEM).
+    #[arg(long)]
+    tls_key: Option<String>,
+    /// Require client certificates signed by this CA bundle (PEM): mTLS.
+    #[arg(long)]
+    tls_client_ca: Option<String>,
+    /// Serve a non-loopback address even with no API keys configured.
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// Log level filter, e.g. info, debug, sluice_wal=debug.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -113,7 +142,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Serve(args) => serve(args),
+        Cmd::Serve(args) => serve(*args),
         Cmd::Config(ConfigCmd::Check { file }) => {
             let config = Config::load(Sources {
                 file: Some(&file),
@@ -121,6 +150,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 flags: Vec::new(),
             })?;
             println!("{} is valid:\n{config:#?}", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Keys(KeysCmd::Generate { name, streams }) => {
+            let (key, hash) = sluice_server::auth::generate_key();
+            let streams: Vec<String> = streams
+                .split(',')
+                .map(|s| format!("{:?}", s.trim()))
+                .collect();
+            // The key goes to stderr, the config entry to stdout: `sluice keys generate
+            // >> sluice.toml` shows the key once and stores only its hash.
+            eprintln!("API key for {name:?} (give it to the producer; it is not stored anywhere):");
+            eprintln!("{key}");
+            println!("[[auth.keys]]");
+            println!("name = {name:?}");
+            println!("sha256 = \"{hash}\"");
+            println!("streams = [{}]", streams.join(", "));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Wal(WalCmd::Inspect { dir }) | Cmd::Wal(WalCmd::Verify { dir }) if !dir.exists() => {
@@ -171,6 +216,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ("queue.ack", args.ack),
         ("sink.kind", args.sink),
         ("log_format", args.log_format),
+        ("tls.cert", args.tls_cert),
+        ("tls.key", args.tls_key),
+        ("tls.client_ca", args.tls_client_ca),
+        (
+            "auth.allow_unauthenticated",
+            args.allow_unauthenticated.then(|| "true".to_string()),
+        ),
     ] {
         if let Some(v) = value {
             flags.push((key.to_string(), v));
@@ -182,6 +234,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         flags,
     })?;
     init_logging(config.log_format, &args.log_level)?;
+    raise_fd_limit(config.http.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -199,6 +252,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         })
     })
+}
+
+/// Lifts the soft open-file limit to the hard one, so `http.max_connections` (per
+/// listener) can actually be held; warns when even that is too low.
+fn raise_fd_limit(max_connections: usize) {
+    let want = 2 * max_connections as u64 + 1024;
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want => tracing::warn!(
+            limit = got,
+            wanted = want,
+            "the open-file limit is below what http.max_connections needs"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -75,8 +75,11 @@ async fn ingest(
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed("POST"));
     }
+    let principal = state.keys.authenticate(req.headers())?;
     let _permit = state.admit()?;
     validate_stream_name(stream)?;
+    crate::auth::check_stream(&principal, stream)?;
+    state.check_rate(&principal)?;
     let stream: std::sync::Arc<str> = stream.into();
     let format = content_type(&req)?;
     let encoding = content_encoding(&req)?;
@@ -115,6 +118,7 @@ async fn ingest(
     };
     let received_at = sluice_core::now_unix_nanos();
     let bytes: usize = payloads.iter().map(Bytes::len).sum();
+    state.charge(&principal, payloads.len(), bytes);
     let events: Vec<Event> = payloads
         .into_iter()
         .map(|payload| Event {

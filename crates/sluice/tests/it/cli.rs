@@ -180,3 +180,45 @@ fn stdout_sink_prints_envelopes() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn open_listener_needs_keys_or_allow_unauthenticated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let out = sluice(&["serve", "--listen", "0.0.0.0:0", "--data-dir", &data]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen") && err.contains("--allow-unauthenticated"),
+        "{err}"
+    );
+
+    // A generated key makes the same listener acceptable to `config check`.
+    let out = sluice(&[
+        "keys",
+        "generate",
+        "--name",
+        "edge",
+        "--streams",
+        "logs.*,audit",
+    ]);
+    assert!(out.status.success());
+    let key = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        key.lines().any(|l| l.starts_with("sk_")),
+        "the key is on stderr: {key}"
+    );
+    let entry = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !entry.contains("sk_"),
+        "the key itself is not in the config entry: {entry}"
+    );
+    let file = dir.path().join("sluice.toml");
+    std::fs::write(&file, format!("listen = \"0.0.0.0:8080\"\n{entry}")).unwrap();
+    let out = sluice(&["config", "check", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

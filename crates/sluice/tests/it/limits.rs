@@ -83,6 +83,72 @@ async fn stalled_body_gets_408_and_slowloris_is_cut_off() {
         "cut off after {:?}",
         started.elapsed()
     );
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_connections_closed_total{listener=\"ingest\",reason=\"header_timeout\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_excess_ones_refused() {
+    let node = start(
+        &[
+            ("http.idle_timeout", "400ms"),
+            ("http.max_connections", "2"),
+        ],
+        NodeOptions::default(),
+    )
+    .await;
+    let addr = node.node.http_addr;
+    let request =
+        b"POST /v1/streams/idle/events HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}";
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    assert!(read_response(&mut first).await.starts_with("HTTP/1.1 202"));
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(request).await.unwrap();
+    assert!(read_response(&mut second).await.starts_with("HTTP/1.1 202"));
+
+    // A third connection is over http.max_connections: closed without an answer.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(2), third.read_to_end(&mut buf))
+        .await
+        .expect("the excess connection is closed");
+    assert!(n.is_err() || buf.is_empty(), "{buf:?}");
+
+    // Both kept-alive connections go quiet and are closed by the idle timeout.
+    let started = Instant::now();
+    for s in [&mut first, &mut second] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+            .await
+            .expect("an idle connection is closed")
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    // The slots are free again.
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    again.write_all(request).await.unwrap();
+    assert!(read_response(&mut again).await.starts_with("HTTP/1.1 202"));
+    let m = node.metrics().await;
+    let closed = |reason: &str| {
+        metric(
+            &m,
+            &format!("sluice_connections_closed_total{{listener=\"ingest\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(closed("idle_timeout"), 2.0, "{m}");
+    assert!(closed("max_connections") >= 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Rate limits over all keys.
     pub limits: LimitsConfig,
+    /// `sluice gateway`: where requests are forwarded.
+    pub gateway: GatewayConfig,
     /// The worker pool.
     pub processor: ProcessorConfig,
     /// Where events are delivered.
@@ -201,6 +203,65 @@ impl TlsConfig {
     }
 }
 
+/// `[gateway]`, used by `sluice gateway`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Ingest nodes, `http://HOST:PORT` (their gRPC `IngestService`): a list, or
+    /// one comma-separated string (as `--upstream` and `SLUICE_GATEWAY__UPSTREAMS`).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub upstreams: Vec<String>,
+    /// HTTP/2 connections per upstream, each multiplexing many requests. Default 2.
+    pub connections: usize,
+    /// One attempt's limit; past it the batch is retried on another upstream.
+    /// Default `10s`.
+    pub request_timeout: HumanDuration,
+    /// TCP connect limit for an upstream. Default `1s`.
+    pub connect_timeout: HumanDuration,
+    /// Consecutive failures that take an upstream out of rotation. Default 2.
+    pub eject_after: u32,
+    /// How often ejected upstreams are probed. Default `1s`.
+    pub probe_interval: HumanDuration,
+    /// Upstreams tried for one batch before the producer gets 503. Default 3.
+    pub max_attempts: u32,
+    /// API key the gateway presents to the upstreams, if they require one.
+    pub upstream_api_key: Option<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            upstreams: Vec::new(),
+            connections: 2,
+            request_timeout: HumanDuration(Duration::from_secs(10)),
+            connect_timeout: HumanDuration(Duration::from_secs(1)),
+            eject_after: 2,
+            probe_interval: HumanDuration(Duration::from_secs(1)),
+            max_attempts: 3,
+            upstream_api_key: None,
+        }
+    }
+}
+
+/// A list of strings, or one comma-separated string.
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(l) => l,
+        Either::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
 /// `[processor]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -257,6 +318,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            gateway: GatewayConfig::default(),
             processor: ProcessorConfig::default(),
             sink: SinkConfig::default(),
         }
@@ -422,6 +484,9 @@ impl Config {
         nonzero("queue.max_events", self.queue.max_events)?;
         nonzero("grpc.window", self.grpc.window)?;
         nonzero("http.max_connections", self.http.max_connections)?;
+        nonzero("gateway.connections", self.gateway.connections)?;
+        nonzero("gateway.max_attempts", self.gateway.max_attempts as usize)?;
+        nonzero("gateway.eject_after", self.gateway.eject_after as usize)?;
         self.auth.validate()?;
         self.limits.validate()?;
         if self.auth.keys.is_empty()

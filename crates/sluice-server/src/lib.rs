@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod front;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod limit;
@@ -14,4 +15,4 @@ pub mod node;
 pub mod tls;
 
 pub use config::Config;
-pub use node::{Node, NodeOptions, StartError};
+pub use node::{Node, NodeOptions, Role, StartError};

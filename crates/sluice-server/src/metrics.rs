@@ -45,6 +45,12 @@ pub struct Metrics {
     pub connections_closed: Family<Label2, Counter>,
     /// Successful and failed TLS certificate reloads.
     pub tls_reloads: Family<Label, Counter>,
+    /// Gateway: upstreams in rotation.
+    pub gateway_upstreams_healthy: Gauge,
+    /// Gateway: batches sent to another upstream after a failed attempt.
+    pub gateway_retries: Counter,
+    /// Gateway: upstreams taken out of rotation.
+    pub gateway_ejections: Counter,
     queue_depth_events: Gauge,
     queue_depth_bytes: Gauge,
     queue_capacity_bytes: Gauge,
@@ -122,6 +128,24 @@ impl Metrics {
             "TLS certificate reloads, by result",
             tls_reloads.clone(),
         );
+        let gateway_upstreams_healthy = Gauge::default();
+        r.register(
+            "sluice_gateway_upstreams_healthy",
+            "Gateway upstreams in rotation",
+            gateway_upstreams_healthy.clone(),
+        );
+        let gateway_retries = Counter::default();
+        r.register(
+            "sluice_gateway_retries",
+            "Gateway batches retried on another upstream",
+            gateway_retries.clone(),
+        );
+        let gateway_ejections = Counter::default();
+        r.register(
+            "sluice_gateway_ejections",
+            "Gateway upstreams ejected after consecutive failures",
+            gateway_ejections.clone(),
+        );
         let group_commit_records = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         r.register(
             "sluice_wal_group_commit_records",
@@ -182,6 +206,9 @@ impl Metrics {
             connections_open,
             connections_closed,
             tls_reloads,
+            gateway_upstreams_healthy,
+            gateway_retries,
+            gateway_ejections,
             queue_depth_events,
             queue_depth_bytes,
             queue_capacity_bytes,

@@ -37,6 +37,9 @@ pub enum StartError {
         #[source]
         source: sluice_wal::OpenError,
     },
+    /// The gateway's upstreams are misconfigured.
+    #[error("{0}")]
+    Gateway(String),
     /// The TLS certificate, key or client CA could not be loaded.
     #[error("loading TLS certificates")]
     Tls(#[source] TlsError),
@@ -61,6 +64,18 @@ pub struct NodeOptions {
     pub sink: Option<Arc<dyn Sink>>,
     /// Wraps the queue built from the config.
     pub wrap_queue: Option<QueueWrapper>,
+    /// Which roles run.
+    pub role: Role,
+}
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// `sluice serve`: ingest, the queue, the processor and the sink in one process.
+    #[default]
+    Serve,
+    /// `sluice gateway`: the front door only, forwarding to `gateway.upstreams`.
+    Gateway,
 }
 
 /// A running `sluice serve`.
@@ -77,12 +92,16 @@ impl Node {
     /// Opens the queue, binds the listeners and starts every role.
     pub async fn start(config: Config, opts: NodeOptions) -> Result<Node, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let queue: Arc<dyn Queue> = match config.queue.kind {
-            QueueKind::Memory => Arc::new(MemoryQueue::new(
+        let queue: Arc<dyn Queue> = match (opts.role, config.queue.kind) {
+            (Role::Gateway, _) => {
+                crate::gateway::Upstreams::start(config.gateway.clone(), metrics.clone())
+                    .map_err(StartError::Gateway)?
+            }
+            (Role::Serve, QueueKind::Memory) => Arc::new(MemoryQueue::new(
                 config.queue.max_events,
                 config.queue.max_bytes.0,
             )),
-            QueueKind::Wal => {
+            (Role::Serve, QueueKind::Wal) => {
                 let dir = config.wal_dir();
                 let wal_opts = WalQueueOptions {
                     wal: WalOptions {
@@ -119,6 +138,7 @@ impl Node {
                 let name = s.name();
                 (s, name)
             }
+            None if opts.role == Role::Gateway => (Arc::new(BlackholeSink::default()), "none"),
             None => match config.sink.kind {
                 SinkKind::File => (
                     Arc::new(FileSink::new(
@@ -146,22 +166,26 @@ impl Node {
             .local_addr()
             .expect("bound socket has an address");
 
-        let processor = Processor::new(
-            queue.clone(),
-            sink,
-            ProcessorOptions {
-                workers: config.workers(),
-                batch_max_events: config.processor.batch_max_events,
-                batch_max_wait: config.processor.batch_max_wait.0,
-                retry_initial: config.processor.retry_initial.0,
-                retry_max: config.processor.retry_max.0,
-                consumer: "processor".into(),
-                // Deliver the backlog before exiting (within the grace): a node taken out
-                // of service must not strand accepted events in its local log.
-                drain_on_shutdown: true,
-            },
-        );
-        let processor_stats = processor.stats();
+        let processor = (opts.role == Role::Serve).then(|| {
+            Processor::new(
+                queue.clone(),
+                sink,
+                ProcessorOptions {
+                    workers: config.workers(),
+                    batch_max_events: config.processor.batch_max_events,
+                    batch_max_wait: config.processor.batch_max_wait.0,
+                    retry_initial: config.processor.retry_initial.0,
+                    retry_max: config.processor.retry_max.0,
+                    consumer: "processor".into(),
+                    // Deliver the backlog before exiting (within the grace): a node taken out
+                    // of service must not strand accepted events in its local log.
+                    drain_on_shutdown: true,
+                },
+            )
+        });
+        let processor_stats = processor
+            .as_ref()
+            .map_or_else(Default::default, Processor::stats);
 
         let shutdown = CancellationToken::new();
         let tls = match config.tls.enabled() {
@@ -228,9 +252,10 @@ impl Node {
             ));
         }
         let processor_stop = CancellationToken::new();
-        let processor_task = spawn_processor(processor, processor_stop.clone());
+        let processor_task = processor.map(|p| spawn_processor(p, processor_stop.clone()));
 
         tracing::info!(
+            role = ?opts.role,
             listen = %http_addr,
             admin = %admin_addr,
             queue = ?config.queue.kind,
@@ -250,12 +275,16 @@ impl Node {
                 tokio::time::sleep(drain_delay).await;
                 ingest_stop.cancel();
                 let _ = ingest_task.await;
-                tracing::info!("ingest drained; stopping the processor");
                 processor_stop.cancel();
-                match processor_task.await {
-                    Ok(Err(e)) => tracing::error!(error = %e, "processor stopped with an error"),
-                    Err(_) => tracing::error!("processor thread died"),
-                    Ok(Ok(())) => {}
+                if let Some(task) = processor_task {
+                    tracing::info!("ingest drained; stopping the processor");
+                    match task.await {
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "processor stopped with an error")
+                        }
+                        Err(_) => tracing::error!("processor thread died"),
+                        Ok(Ok(())) => {}
+                    }
                 }
                 if let Err(e) = queue.close().await {
                     tracing::error!(error = %e, "closing the queue failed");

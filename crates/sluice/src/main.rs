@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sluice_server::config::{ConfigError, LogFormat, Sources};
-use sluice_server::{Config, Node, NodeOptions};
+use sluice_server::{Config, Node, NodeOptions, Role};
 
 /// mimalloc instead of glibc malloc: the ingest path allocates and frees many small
 /// buffers per request from several threads, where glibc's arenas spent ~10% of a
@@ -28,6 +28,9 @@ struct Cli {
 enum Cmd {
     /// Run every role in one process: HTTP ingest, the queue, the processor and the sink.
     Serve(Box<ServeArgs>),
+    /// Run the edge gateway: TLS, auth, limits and the HTTP/gRPC API, forwarding every
+    /// request to ingest nodes (`sluice serve`) over pooled gRPC connections.
+    Gateway(Box<GatewayArgs>),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -96,6 +99,16 @@ struct ServeArgs {
     log_level: String,
 }
 
+#[derive(Args)]
+struct GatewayArgs {
+    /// Ingest nodes to forward to, `http://HOST:PORT`, comma-separated (or
+    /// `gateway.upstreams` in the config).
+    #[arg(long)]
+    upstream: Option<String>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Validate a configuration file (with SLUICE_* overrides) and print the result.
@@ -142,7 +155,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Serve(args) => serve(*args),
+        Cmd::Serve(args) => serve(*args, Vec::new(), Role::Serve),
+        Cmd::Gateway(args) => {
+            let extra = args
+                .upstream
+                .map(|u| vec![("gateway.upstreams".to_string(), u)])
+                .unwrap_or_default();
+            serve(args.serve, extra, Role::Gateway)
+        }
         Cmd::Config(ConfigCmd::Check { file }) => {
             let config = Config::load(Sources {
                 file: Some(&file),
@@ -206,8 +226,11 @@ fn wal_dir(dir: &Path) -> PathBuf {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut flags = Vec::new();
+fn serve(
+    args: ServeArgs,
+    mut flags: Vec<(String, String)>,
+    role: Role,
+) -> anyhow::Result<ExitCode> {
     for (key, value) in [
         ("listen", args.listen),
         ("admin_listen", args.admin_listen),
@@ -240,7 +263,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let node = Node::start(config, NodeOptions::default()).await?;
+        let node = Node::start(
+            config,
+            NodeOptions {
+                role,
+                ..Default::default()
+            },
+        )
+        .await?;
         wait_for_signal().await?;
         tracing::info!("signal received");
         node.shutdown();

@@ -5,6 +5,7 @@ mod auth;
 mod backpressure;
 mod cli;
 mod crash;
+mod gateway;
 mod grpc;
 mod ingest;
 mod limits;

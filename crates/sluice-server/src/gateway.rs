@@ -1,0 +1,350 @@
+//! `sluice gateway`: the edge in front of ingest nodes.
+//!
+//! A gateway is a node whose queue is [`Upstreams`]: every front-door feature (TLS,
+//! API keys, rate limits, body limits, JSON/NDJSON parsing, the gRPC service,
+//! graceful drain) is the ingest node's own code, and an "append" forwards the
+//! request's batch as one protobuf `IngestRequest` to an ingest node over gRPC. It
+//! is acked to the producer only once an ingest node acked it, i.e. once durable.
+//!
+//! - Event ids are assigned at the gateway, so a batch retried on another upstream
+//!   carries the same ids (at-least-once, and sinks can dedupe).
+//! - Each upstream has `gateway.connections` HTTP/2 connections, kept warm with
+//!   pings; a request goes to the less loaded of two random healthy upstreams
+//!   (power of two choices on in-flight requests).
+//! - A transport error, a timeout or UNAVAILABLE counts as a failure; after
+//!   `gateway.eject_after` in a row the upstream is ejected and probed every
+//!   `gateway.probe_interval` until an `Ingest` call is answered again. The batch is
+//!   retried on another upstream, up to `gateway.max_attempts` tries.
+//! - Back-pressure passes through: RESOURCE_EXHAUSTED from every upstream tried
+//!   becomes 429 with the upstream's retry delay; no upstream reachable becomes 503.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sluice_core::{AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats};
+use sluice_proto::v1::ingest_service_client::IngestServiceClient;
+use sluice_proto::v1::{self as pb, IngestRequest};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
+
+type Channel = Client<HttpConnector, tonic::body::Body>;
+
+/// One ingest node.
+struct Upstream {
+    uri: Uri,
+    /// One client per connection: hyper keeps one HTTP/2 connection per client.
+    channels: Vec<IngestServiceClient<Channel>>,
+    next: AtomicUsize,
+    in_flight: AtomicUsize,
+    failures: AtomicU32,
+    ejected: AtomicBool,
+}
+
+/// The ingest nodes a gateway forwards to, as its queue.
+pub struct Upstreams {
+    upstreams: Vec<Arc<Upstream>>,
+    config: GatewayConfig,
+    api_key: Option<tonic::metadata::AsciiMetadataValue>,
+    closed: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+/// Why an upstream attempt failed.
+enum Attempt {
+    /// The upstream acked: the batch is durable there.
+    Ok,
+    /// Try another upstream; counts against this one's health.
+    Failed(String),
+    /// The upstream is full: try another, then pass the back-pressure on.
+    Full(Duration),
+    /// The request itself was refused: retrying elsewhere cannot help.
+    Refused(tonic::Status),
+}
+
+impl Upstreams {
+    /// Clients for every upstream (connections are made on first use and by the
+    /// prober), and the prober itself.
+    pub fn start(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Arc<Upstreams>, String> {
+        let mut upstreams = Vec::new();
+        for url in &config.upstreams {
+            let uri: Uri = url
+                .parse()
+                .map_err(|e| format!("gateway.upstreams: {url:?} is not a URL: {e}"))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(format!(
+                    "gateway.upstreams: {url:?} must look like http://HOST:PORT"
+                ));
+            }
+            let channels = (0..config.connections.max(1))
+                .map(|_| {
+                    let mut connector = HttpConnector::new();
+                    connector.set_nodelay(true);
+                    connector.set_connect_timeout(Some(config.connect_timeout.0));
+                    let client = Client::builder(TokioExecutor::new())
+                        .http2_only(true)
+                        .timer(TokioTimer::new())
+                        .pool_timer(TokioTimer::new())
+                        .http2_keep_alive_interval(Some(Duration::from_secs(10)))
+                        .http2_keep_alive_while_idle(true)
+                        .build(connector);
+                    IngestServiceClient::with_origin(client, uri.clone())
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(usize::MAX)
+                })
+                .collect();
+            upstreams.push(Arc::new(Upstream {
+                uri,
+                channels,
+                next: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
+                failures: AtomicU32::new(0),
+                ejected: AtomicBool::new(false),
+            }));
+        }
+        if upstreams.is_empty() {
+            return Err("gateway.upstreams: at least one upstream is needed".into());
+        }
+        let api_key = match &config.upstream_api_key {
+            None => None,
+            Some(k) => Some(
+                format!("Bearer {k}")
+                    .parse()
+                    .map_err(|_| "gateway.upstream_api_key is not a valid header value")?,
+            ),
+        };
+        let me = Arc::new(Upstreams {
+            upstreams,
+            config,
+            api_key,
+            closed: CancellationToken::new(),
+            metrics,
+        });
+        me.metrics
+            .gateway_upstreams_healthy
+            .set(me.upstreams.len() as i64);
+        tokio::spawn(me.clone().probe());
+        Ok(me)
+    }
+
+    /// How many upstreams are healthy (not ejected).
+    pub fn healthy(&self) -> usize {
+        self.upstreams
+            .iter()
+            .filter(|u| !u.ejected.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Power of two choices over healthy upstreams not yet tried; all of them when
+    /// none is healthy (better to try than to refuse).
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let candidates = |healthy_only: bool| -> Vec<usize> {
+            (0..self.upstreams.len())
+                .filter(|i| !tried.contains(i))
+                .filter(|&i| !healthy_only || !self.upstreams[i].ejected.load(Ordering::Relaxed))
+                .collect()
+        };
+        let mut c = candidates(true);
+        if c.is_empty() {
+            c = candidates(false);
+        }
+        match c.len() {
+            0 => None,
+            1 => Some(c[0]),
+            n => {
+                let a = c[fastrand::usize(..n)];
+                let mut b = c[fastrand::usize(..n - 1)];
+                if b == a {
+                    b = c[n - 1];
+                }
+                let load = |i: usize| self.upstreams[i].in_flight.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+        }
+    }
+
+    async fn attempt(&self, u: &Upstream, req: IngestRequest) -> Attempt {
+        let i = u.next.fetch_add(1, Ordering::Relaxed) % u.channels.len();
+        let mut client = u.channels[i].clone();
+        let mut request = tonic::Request::new(req);
+        if let Some(k) = &self.api_key {
+            request.metadata_mut().insert("authorization", k.clone());
+        }
+        u.in_flight.fetch_add(1, Ordering::Relaxed);
+        let r = tokio::time::timeout(self.config.request_timeout.0, client.ingest(request)).await;
+        u.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match r {
+            Err(_) => Attempt::Failed(format!(
+                "no answer within gateway.request_timeout ({:?})",
+                self.config.request_timeout.0
+            )),
+            Ok(Ok(_)) => Attempt::Ok,
+            Ok(Err(status)) => match status.code() {
+                Code::ResourceExhausted => {
+                    let ms = crate::error::retry_after_ms(&status).max(1000);
+                    Attempt::Full(Duration::from_millis(ms))
+                }
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled => {
+                    Attempt::Failed(format!("{:?}: {}", status.code(), status.message()))
+                }
+                _ => Attempt::Refused(status),
+            },
+        }
+    }
+
+    fn record(&self, u: &Upstream, ok: bool) {
+        if ok {
+            u.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = u.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.config.eject_after && !u.ejected.swap(true, Ordering::Relaxed) {
+            self.metrics.gateway_ejections.inc();
+            self.metrics.gateway_upstreams_healthy.dec();
+            tracing::warn!(upstream = %u.uri, failures = n, "upstream ejected");
+        }
+    }
+
+    /// Probes ejected upstreams until they answer an `Ingest` call again (an empty
+    /// request: a live node refuses it with INVALID_ARGUMENT).
+    async fn probe(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.closed.cancelled() => return,
+                _ = tokio::time::sleep(self.config.probe_interval.0) => {}
+            }
+            for u in &self.upstreams {
+                if !u.ejected.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let alive = matches!(
+                    self.attempt(u, IngestRequest::default()).await,
+                    Attempt::Refused(_) | Attempt::Ok
+                );
+                if alive {
+                    u.failures.store(0, Ordering::Relaxed);
+                    if u.ejected.swap(false, Ordering::Relaxed) {
+                        self.metrics.gateway_upstreams_healthy.inc();
+                    }
+                    tracing::info!(upstream = %u.uri, "upstream back in rotation");
+                }
+            }
+        }
+    }
+}
+
+/// The batch as one protobuf request: events keep their ids, streams, keys, headers.
+fn to_request(batch: &Batch) -> IngestRequest {
+    let stream = batch
+        .events
+        .first()
+        .map_or(String::new(), |e| e.stream.to_string());
+    let events = batch
+        .events
+        .iter()
+        .map(|e| pb::Event {
+            id: e.id.clone(),
+            stream: if *e.stream == *stream {
+                String::new()
+            } else {
+                e.stream.to_string()
+            },
+            key: e.key.clone().unwrap_or_default(),
+            timestamp_unix_nanos: e.timestamp_unix_nanos,
+            headers: e.headers.iter().cloned().collect(),
+            payload: e.payload.clone(),
+        })
+        .collect();
+    IngestRequest {
+        stream,
+        events,
+        return_ids: false,
+    }
+}
+
+impl Queue for Upstreams {
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
+        Box::pin(async move {
+            if self.closed.is_cancelled() {
+                return Err(AppendError::ShuttingDown);
+            }
+            let req = to_request(&batch);
+            let mut tried = Vec::new();
+            let mut full: Option<Duration> = None;
+            let mut last_error = String::from("no upstream tried");
+            while tried.len() < self.config.max_attempts as usize {
+                let Some(i) = self.pick(&tried) else { break };
+                if !tried.is_empty() {
+                    self.metrics.gateway_retries.inc();
+                }
+                tried.push(i);
+                let u = &self.upstreams[i];
+                match self.attempt(u, req.clone()).await {
+                    Attempt::Ok => {
+                        self.record(u, true);
+                        return Ok(());
+                    }
+                    Attempt::Full(wait) => {
+                        self.record(u, true);
+                        full = Some(full.map_or(wait, |w| w.min(wait)));
+                    }
+                    Attempt::Failed(why) => {
+                        self.record(u, false);
+                        tracing::debug!(upstream = %u.uri, error = %why, "upstream attempt failed");
+                        last_error = format!("{}: {why}", u.uri);
+                    }
+                    Attempt::Refused(status) => {
+                        self.record(u, true);
+                        return Err(AppendError::Backend {
+                            message: format!(
+                                "upstream {} refused the batch: {:?}: {}",
+                                u.uri,
+                                status.code(),
+                                status.message()
+                            ),
+                        });
+                    }
+                }
+            }
+            match full {
+                Some(retry_after) => Err(AppendError::Full {
+                    batch: Box::new(batch),
+                    reason: "every upstream tried is full".into(),
+                    retry_after,
+                }),
+                None => Err(AppendError::Backend {
+                    message: format!(
+                        "no upstream took the batch after {} attempts (last: {last_error})",
+                        tried.len()
+                    ),
+                }),
+            }
+        })
+    }
+
+    fn consumer(&self, _name: &str) -> Result<Box<dyn Consumer>, ConsumeError> {
+        Err(ConsumeError::Backend {
+            message: "a gateway forwards events; it has nothing to consume".into(),
+        })
+    }
+
+    fn stats(&self) -> QueueStats {
+        QueueStats {
+            depth_events: 0,
+            depth_bytes: 0,
+            capacity_bytes: u64::MAX,
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        self.closed.cancel();
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,267 @@
+//! `sluice gateway` in front of ingest nodes: requests are forwarded over gRPC and
+//! spread over the upstreams; with one upstream SIGKILLed under load, producers see
+//! no errors (the gateway retries elsewhere) and every 202'd event is delivered.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::StatusCode;
+use sluice_server::{NodeOptions, Role};
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+/// A gateway node in this process, forwarding to `upstreams`.
+async fn gateway(upstreams: &[SocketAddr], extra: &[(&str, &str)]) -> TestNode {
+    let list: Vec<String> = upstreams.iter().map(|a| format!("http://{a}")).collect();
+    let list = list.join(",");
+    let mut flags = vec![
+        ("gateway.upstreams", list.as_str()),
+        ("gateway.probe_interval", "100ms"),
+        ("gateway.request_timeout", "3s"),
+    ];
+    flags.extend_from_slice(extra);
+    start(
+        &flags,
+        NodeOptions {
+            role: Role::Gateway,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The `n` of every event delivered under `out` (duplicates collapse).
+fn delivered_ns(out: &Path) -> BTreeSet<u64> {
+    sink_lines(out)
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["data"]["n"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_spreads_http_and_grpc_over_upstreams_with_ids_kept() {
+    let a = start(&[], NodeOptions::default()).await;
+    let b = start(&[], NodeOptions::default()).await;
+    let gw = gateway(&[a.node.http_addr, b.node.http_addr], &[]).await;
+    let http = Http::h2();
+    for i in 0..40u64 {
+        let body: String = (i * 10..i * 10 + 10)
+            .map(|n| format!("{{\"n\":{n}}}\n"))
+            .collect();
+        let r = http.post(&gw.events_url("gw"), &[NDJSON], body).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        assert_eq!(r.json()["accepted"], 10);
+    }
+    // gRPC through the gateway, with the ids the producer asked for.
+    let mut client = grpc_client(gw.node.http_addr);
+    let r = client
+        .ingest(sluice_proto::v1::IngestRequest {
+            stream: "gw".into(),
+            events: vec![sluice_proto::v1::Event {
+                id: "given-id".into(),
+                key: "k1".into(),
+                payload: "{\"n\":1000}".into(),
+                ..Default::default()
+            }],
+            return_ids: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.ids, vec!["given-id".to_string()]);
+
+    let all: BTreeSet<u64> = (0..400).chain([1000]).collect();
+    let union = || {
+        let mut u = delivered_ns(&a.out_dir("gw"));
+        u.extend(delivered_ns(&b.out_dir("gw")));
+        u
+    };
+    assert!(wait_until(Duration::from_secs(20), || union() == all).await);
+    let (na, nb) = (
+        sink_lines(&a.out_dir("gw")).len(),
+        sink_lines(&b.out_dir("gw")).len(),
+    );
+    assert_eq!(na + nb, 401, "each event once");
+    assert!(
+        na >= 50 && nb >= 50,
+        "both upstreams took work: {na} / {nb}"
+    );
+    let line = sink_lines(&a.out_dir("gw"))
+        .into_iter()
+        .chain(sink_lines(&b.out_dir("gw")))
+        .find(|l| l.contains("given-id"))
+        .expect("the gRPC event");
+    assert!(line.contains("\"key\":\"k1\""), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upstream_is_503_and_full_upstreams_are_429() {
+    // Nothing listens on the upstream's port.
+    let gw = gateway(&[free_addr()], &[]).await;
+    let r = Http::h1()
+        .post(&gw.events_url("x"), &[JSON], "{\"n\":1}")
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+
+    // An upstream rate-limited to nothing passes its back-pressure on as 429.
+    let up = start(&[("limits.events_per_s", "1")], NodeOptions::default()).await;
+    let gw = gateway(&[up.node.http_addr], &[]).await;
+    let body: String = (0..50).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            Http::h1()
+                .post(&gw.events_url("x"), &[NDJSON], body.clone())
+                .await,
+        );
+    }
+    let limited = statuses
+        .iter()
+        .find(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .expect("a 429 came through");
+    assert!(limited.headers.contains_key("retry-after"));
+    assert_eq!(limited.json()["error"]["code"], "queue_full");
+}
+
+struct Upstream {
+    child: Child,
+    http: SocketAddr,
+    admin: SocketAddr,
+    data: PathBuf,
+}
+
+async fn spawn_serve(data: &Path, http: SocketAddr, admin: SocketAddr) -> Upstream {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", &http.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args([
+            "--data-dir",
+            &data.display().to_string(),
+            "--log-level",
+            "warn",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{admin}/healthz");
+    for _ in 0..500 {
+        if let Ok(a) = Http::h1().request(hyper::Method::GET, &url, &[], "").await {
+            if a.status == StatusCode::OK {
+                return Upstream {
+                    child,
+                    http,
+                    admin,
+                    data: data.to_path_buf(),
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "sluice serve did not start; see {}",
+        data.with_extension("log").display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_killed_under_load_loses_nothing_and_producers_see_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = [dir.path().join("a"), dir.path().join("b")];
+    let mut ups = Vec::new();
+    for d in &data {
+        ups.push(spawn_serve(d, free_addr(), free_addr()).await);
+    }
+    let gw = gateway(&[ups[0].http, ups[1].http], &[]).await;
+
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let stop = tokio_util_stop();
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let (acked, errors, stop) = (acked.clone(), errors.clone(), stop.clone());
+        let url = gw.events_url("kill");
+        tasks.push(tokio::spawn(async move {
+            let http = Http::h1();
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && seq < 2000 {
+                let base = t * 1_000_000 + seq * 10;
+                let body: String = (base..base + 10)
+                    .map(|n| format!("{{\"n\":{n}}}\n"))
+                    .collect();
+                match http
+                    .request(hyper::Method::POST, &url, &[NDJSON], body)
+                    .await
+                {
+                    Ok(r) if r.status == StatusCode::ACCEPTED => {
+                        acked.lock().unwrap().extend(base..base + 10);
+                    }
+                    Ok(r) => errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {:?}", r.status, r.body)),
+                    Err(e) => errors.lock().unwrap().push(e),
+                }
+                seq += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = acked.lock().unwrap().len();
+    ups[0].child.start_kill().unwrap();
+    ups[0].child.wait().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let errors = errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "producers saw errors: {errors:?}");
+    assert!(
+        acked.len() > before + 100,
+        "load went on after the kill: {before} → {}",
+        acked.len()
+    );
+    let m = gw.metrics().await;
+    assert!(metric(&m, "sluice_gateway_ejections_total") >= 1.0, "{m}");
+
+    // The killed node comes back on its own data dir and delivers what it acked.
+    let (http, admin) = (ups[0].http, ups[0].admin);
+    let revived = spawn_serve(&ups[0].data.clone(), http, admin).await;
+    let outs = [
+        data[0].join("out").join("kill"),
+        data[1].join("out").join("kill"),
+    ];
+    let union = || {
+        let mut u = delivered_ns(&outs[0]);
+        u.extend(delivered_ns(&outs[1]));
+        u
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || acked.is_subset(&union())).await,
+        "missing {} acked events",
+        acked.difference(&union()).count()
+    );
+    drop(revived);
+}
+
+fn tokio_util_stop() -> Arc<std::sync::atomic::AtomicBool> {
+    Arc::new(std::sync::atomic::AtomicBool::new(false))
+}

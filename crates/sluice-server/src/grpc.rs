@@ -16,6 +16,7 @@ use sluice_core::{validate_stream_name, Event};
 use sluice_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use sluice_proto::v1::{self as pb, IngestAck, IngestRequest, IngestResponse};
 use tokio::sync::mpsc;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{check_stream, Principal};
@@ -28,11 +29,15 @@ const MAX_ID_LEN: usize = 128;
 /// The service, ready to be called with `http::Request`s.
 pub fn service(state: Arc<IngestState>, window: usize) -> IngestServiceServer<Grpc> {
     let limit = state.limits.max_body_bytes.0 as usize;
+    // Compressed messages are inflated into a buffer bounded by the same limit, so a
+    // decompression bomb costs at most `http.max_body_bytes`.
     IngestServiceServer::new(Grpc {
         state,
         window: window.max(1),
     })
     .max_decoding_message_size(limit)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Zstd)
 }
 
 /// The `IngestService` implementation.

@@ -361,3 +361,39 @@ async fn full_queue_is_resource_exhausted_with_a_retry_delay() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_messages_are_accepted_and_bombs_refused() {
+    use tonic::codec::CompressionEncoding;
+    let node = start(&[("http.max_body_bytes", "1 MiB")], NodeOptions::default()).await;
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let mut client = grpc_client(node.node.http_addr).send_compressed(encoding);
+        let from = if encoding == CompressionEncoding::Gzip {
+            0
+        } else {
+            100
+        };
+        let r = client.ingest(request("z", from..from + 100)).await.unwrap();
+        assert_eq!(r.into_inner().accepted, 100);
+        // 8 MiB of blanks inside one payload: a few KiB on the wire.
+        let bomb = IngestRequest {
+            stream: "z".into(),
+            events: vec![Event {
+                payload: format!("{{\"a\":1{}}}", " ".repeat(8 << 20)).into(),
+                ..Default::default()
+            }],
+            return_ids: false,
+        };
+        let err = client.ingest(bomb).await.unwrap_err();
+        // gRPC's convention for an oversized message; unlike back-pressure it carries
+        // no RetryInfo, which is what tells a client not to retry it.
+        use tonic_types::StatusExt;
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("size limit"), "{err:?}");
+        assert!(err.get_details_retry_info().is_none(), "{err:?}");
+    }
+    assert_eq!(
+        wait_delivered(&node, "z", 200).await,
+        (0..200).collect::<BTreeSet<u64>>()
+    );
+}

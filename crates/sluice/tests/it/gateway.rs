@@ -265,3 +265,61 @@ async fn upstream_killed_under_load_loses_nothing_and_producers_see_no_error() {
 fn tokio_util_stop() -> Arc<std::sync::atomic::AtomicBool> {
     Arc::new(std::sync::atomic::AtomicBool::new(false))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_binary_forwards_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = spawn_serve(&dir.path().join("up"), free_addr(), free_addr()).await;
+    let (http, admin) = (free_addr(), free_addr());
+    let log = std::fs::File::create(dir.path().join("gw.log")).unwrap();
+    let mut gw = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["gateway", "--upstream", &format!("http://{}", up.http)])
+        .args([
+            "--listen",
+            &http.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .args(["--data-dir", &dir.path().join("gw").display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{http}/v1/streams/gwbin/events");
+    let mut ok = false;
+    for _ in 0..200 {
+        if let Ok(r) = Http::h1()
+            .request(hyper::Method::POST, &url, &[JSON], "{\"n\":1}")
+            .await
+        {
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "the gateway never answered");
+    let pid = gw.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(20), gw.wait())
+        .await
+        .expect("the gateway exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let out = up.data.join("out").join("gwbin");
+    assert!(
+        wait_until(Duration::from_secs(10), || delivered_ns(&out)
+            == BTreeSet::from([1]))
+        .await
+    );
+    assert!(
+        !dir.path().join("gw").join("wal").exists(),
+        "a gateway keeps no log of its own"
+    );
+}

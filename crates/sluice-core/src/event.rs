@@ -72,19 +72,62 @@ pub fn new_event_id() -> String {
 const COUNTER_BITS: u32 = 22;
 static V7_STATE: AtomicU64 = AtomicU64::new(0);
 
-fn next_v7_bytes() -> [u8; 16] {
+/// `n` new ids for the events of one request, as [`new_event_id`] would make them one
+/// by one, but reading the clock and touching the shared counter once.
+pub fn new_event_ids(n: usize) -> EventIds {
+    let first = reserve_v7(n.max(1) as u64);
+    EventIds {
+        next: first,
+        end: first + n as u64,
+    }
+}
+
+/// Ids reserved by [`new_event_ids`].
+#[derive(Debug)]
+pub struct EventIds {
+    next: u64,
+    end: u64,
+}
+
+impl Iterator for EventIds {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.next == self.end {
+            return None;
+        }
+        let state = self.next;
+        self.next += 1;
+        Some(
+            uuid::Uuid::from_bytes(v7_bytes(state))
+                .hyphenated()
+                .to_string(),
+        )
+    }
+}
+
+/// Reserves `n` consecutive states (`ms << 22 | counter`) and returns the first.
+/// States are strictly increasing; if the counter overflows within one millisecond
+/// the timestamp runs ahead by a millisecond, as the RFC allows.
+fn reserve_v7(n: u64) -> u64 {
     let now_ms = (crate::now_unix_nanos() / 1_000_000).max(0) as u64;
     let floor = now_ms << COUNTER_BITS;
-    // state = ms << 22 | counter; strictly increasing. If the counter overflows within
-    // one millisecond the timestamp runs ahead by a millisecond, as the RFC allows.
     let mut cur = V7_STATE.load(Ordering::Relaxed);
-    let next = loop {
-        let next = if floor > cur { floor } else { cur + 1 };
-        match V7_STATE.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => break next,
+    loop {
+        let first = if floor > cur { floor } else { cur + 1 };
+        let last = first + n - 1;
+        match V7_STATE.compare_exchange_weak(cur, last, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return first,
             Err(seen) => cur = seen,
         }
-    };
+    }
+}
+
+fn next_v7_bytes() -> [u8; 16] {
+    v7_bytes(reserve_v7(1))
+}
+
+fn v7_bytes(next: u64) -> [u8; 16] {
     let ms = next >> COUNTER_BITS;
     let counter = next & ((1 << COUNTER_BITS) - 1);
     let random = fastrand::u64(..) & ((1 << 52) - 1);
@@ -150,12 +193,39 @@ mod tests {
     }
 
     #[test]
+    fn reserved_ids_interleave_uniquely_and_in_order_with_single_ones() {
+        let mut all = Vec::new();
+        for round in 0..200 {
+            all.push(new_event_id());
+            all.extend(new_event_ids(round % 7));
+            all.push(new_event_id());
+        }
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(
+            sorted, all,
+            "reserved ids are unique and ordered with the rest"
+        );
+        assert_eq!(new_event_ids(5).count(), 5);
+        assert_eq!(new_event_ids(0).count(), 0);
+    }
+
+    #[test]
     fn ids_from_many_threads_are_unique() {
         let ids: Vec<String> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..4)
                 .map(|_| s.spawn(|| (0..20_000).map(|_| new_event_id()).collect::<Vec<_>>()))
                 .collect();
-            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            let batched = s.spawn(|| {
+                (0..2_000)
+                    .flat_map(|_| new_event_ids(10))
+                    .collect::<Vec<_>>()
+            });
+            hs.into_iter()
+                .chain([batched])
+                .flat_map(|h| h.join().unwrap())
+                .collect()
         });
         let unique: std::collections::HashSet<&String> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());

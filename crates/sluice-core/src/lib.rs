@@ -12,7 +12,7 @@ mod sink;
 mod stream;
 mod time;
 
-pub use event::{new_event_id, Batch, Event};
+pub use event::{new_event_id, new_event_ids, Batch, Event, EventIds};
 pub use queue::{AppendError, ConsumeError, Consumer, Delivery, Queue, QueueStats};
 pub use sink::{Sink, SinkError};
 pub use stream::{validate_stream_name, StreamNameError, MAX_STREAM_NAME_LEN};

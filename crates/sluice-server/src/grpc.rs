@@ -301,6 +301,7 @@ fn to_events(
         Some(stream.into())
     };
     let received_at = sluice_core::now_unix_nanos();
+    let mut fresh = sluice_core::new_event_ids(events.iter().filter(|e| e.id.is_empty()).count());
     let mut bytes = 0;
     let mut out = Vec::with_capacity(events.len());
     for (i, e) in events.into_iter().enumerate() {
@@ -323,7 +324,7 @@ fn to_events(
         };
         sluice_proto::body::validate_payload(&e.payload, n)?;
         let id = if e.id.is_empty() {
-            sluice_core::new_event_id()
+            fresh.next().expect("one id reserved per event without one")
         } else if e.id.len() > MAX_ID_LEN || e.id.chars().any(char::is_control) {
             return Err(ApiError::bad_request(
                 "invalid_id",

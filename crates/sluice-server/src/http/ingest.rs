@@ -119,10 +119,12 @@ async fn ingest(
     let received_at = sluice_core::now_unix_nanos();
     let bytes: usize = payloads.iter().map(Bytes::len).sum();
     state.charge(&principal, payloads.len(), bytes);
+    let ids_for = sluice_core::new_event_ids(payloads.len());
     let events: Vec<Event> = payloads
         .into_iter()
-        .map(|payload| Event {
-            id: sluice_core::new_event_id(),
+        .zip(ids_for)
+        .map(|(payload, id)| Event {
+            id,
             stream: stream.clone(),
             key: None,
             received_at_unix_nanos: received_at,

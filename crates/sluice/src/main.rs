@@ -40,6 +40,11 @@ enum Cmd {
     /// API key tools.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Generate load: HTTP/1.1, HTTP/2 or gRPC, open (--rate) or closed model, with
+    /// latency percentiles and JSON/HTML reports.
+    Load(Box<sluice_client::load::LoadArgs>),
+    /// Send NDJSON from a file or stdin to a stream, in batches.
+    Send(Box<sluice_client::send::SendArgs>),
 }
 
 #[derive(Subcommand)]
@@ -155,6 +160,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
+        Cmd::Load(args) => {
+            sluice_client::load::main(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Send(args) => {
+            sluice_client::send::main(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Serve(args) => serve(*args, Vec::new(), Role::Serve),
         Cmd::Gateway(args) => {
             let extra = args

@@ -1,0 +1,534 @@
+//! [`Client`]: the HTTP ingest API over a [`Pool`] of HTTP/1.1 or HTTP/2 connections.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use sluice_client::{Body, Client, Protocol};
+//! let client = Client::builder("http://127.0.0.1:8080").protocol(Protocol::Http2).build()?;
+//! let clicks = client.endpoint("clicks")?;
+//! let sent = client.send(&clicks, &Body::ndjson("{\"a\":1}\n{\"a\":2}\n")).await?;
+//! println!("{} accepted in {} attempt(s): {}", sent.accepted, sent.attempts, sent.timings);
+//! # Ok(()) }
+//! ```
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::ServerName;
+use tracing::Instrument;
+
+use crate::error::{BuildError, ClientError};
+use crate::pool::{Checkout, Connector, Pool, Sender, Target};
+use crate::retry::RetryPolicy;
+use crate::timing::Timings;
+
+/// Which HTTP version the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Protocol {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: prior knowledge (h2c) over TCP, ALPN `h2` over TLS.
+    Http2,
+    /// HTTP/1.1 over TCP; over TLS whatever ALPN picks (h2 first).
+    #[default]
+    Auto,
+}
+
+/// A request body with its content type.
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub bytes: Bytes,
+    pub content_type: HeaderValue,
+}
+
+impl Body {
+    /// Newline-delimited JSON: one event per line.
+    pub fn ndjson(bytes: impl Into<Bytes>) -> Body {
+        Body {
+            bytes: bytes.into(),
+            content_type: HeaderValue::from_static("application/x-ndjson"),
+        }
+    }
+
+    /// One JSON object (one event) or a JSON array of objects.
+    pub fn json(bytes: impl Into<Bytes>) -> Body {
+        Body {
+            bytes: bytes.into(),
+            content_type: HeaderValue::from_static("application/json"),
+        }
+    }
+}
+
+/// A stream's events URL, parsed once.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    stream: Arc<str>,
+    /// Absolute form, for HTTP/2 (`:scheme` and `:authority`).
+    absolute: Uri,
+    /// Origin form, for HTTP/1.1 (with a `Host` header).
+    origin: Uri,
+}
+
+impl Endpoint {
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+}
+
+/// What a successful send returns.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    /// Events the server accepted (`202 {"accepted": N}`).
+    pub accepted: u64,
+    /// The phases of the last (successful) attempt.
+    pub timings: Timings,
+    /// Attempts made, 1 when the first one succeeded.
+    pub attempts: u32,
+    /// Time spent waiting between attempts.
+    pub retry_wait: Duration,
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    protocol: Protocol,
+    ca: Option<PathBuf>,
+    roots: Option<rustls::RootCertStore>,
+    api_key: Option<String>,
+    timeout: Option<Duration>,
+    connect_timeout: Duration,
+    retry: RetryPolicy,
+    max_connections: Option<usize>,
+    http2_keep_alive: Option<Duration>,
+}
+
+impl ClientBuilder {
+    /// HTTP version (default [`Protocol::Auto`]).
+    pub fn protocol(mut self, p: Protocol) -> Self {
+        self.protocol = p;
+        self
+    }
+    /// Trust the CA certificates in this PEM file (default: the system bundle).
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca = Some(path.into());
+        self
+    }
+    /// Trust exactly these roots.
+    pub fn roots(mut self, roots: rustls::RootCertStore) -> Self {
+        self.roots = Some(roots);
+        self
+    }
+    /// Send `authorization: Bearer KEY` with every request.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+    /// Give up on an attempt after this long (default: none).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    /// Give up on a TCP connect after this long (default 10 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+    /// The retry budget (default [`RetryPolicy::default`]).
+    pub fn retry(mut self, r: RetryPolicy) -> Self {
+        self.retry = r;
+        self
+    }
+    /// Connections: the most HTTP/1.1 connections open at once (default 64), or
+    /// the number of multiplexed HTTP/2 connections (default 1).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n.max(1));
+        self
+    }
+    /// HTTP/2 PING interval that keeps idle connections alive (default 30 s).
+    pub fn http2_keep_alive(mut self, every: Option<Duration>) -> Self {
+        self.http2_keep_alive = every;
+        self
+    }
+
+    /// Parses the URL and sets up TLS.
+    pub fn build(self) -> Result<Client, BuildError> {
+        let (connector, base) = self.connector()?;
+        let max = self.max_connections.unwrap_or(match self.protocol {
+            Protocol::Http2 => 1,
+            _ => 64,
+        });
+        let api_key =
+            match &self.api_key {
+                Some(k) => Some(HeaderValue::try_from(format!("Bearer {k}")).map_err(|_| {
+                    BuildError::Url {
+                        url: self.url.clone(),
+                        reason: "the API key is not a valid header value",
+                    }
+                })?),
+                None => None,
+            };
+        Ok(Client {
+            inner: Arc::new(Inner {
+                pool: Arc::new(Pool::new(connector, max)),
+                base,
+                api_key,
+                timeout: self.timeout,
+                retry: self.retry,
+            }),
+        })
+    }
+
+    /// The connector for this URL, and the base URL (`scheme://authority`).
+    pub(crate) fn connector(&self) -> Result<(Connector, String), BuildError> {
+        let bad = |reason| BuildError::Url {
+            url: self.url.clone(),
+            reason,
+        };
+        let uri: Uri = self.url.parse().map_err(|_| bad("not a URL"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let ip = host.parse::<IpAddr>().ok();
+        let tls = if https {
+            let roots = match (&self.roots, &self.ca) {
+                (Some(r), _) => r.clone(),
+                (None, Some(path)) => crate::tls::roots_from_pem(path)?,
+                (None, None) => crate::tls::system_roots(),
+            };
+            let alpn: &[&[u8]] = match self.protocol {
+                Protocol::Http1 => &[b"http/1.1"],
+                Protocol::Http2 => &[b"h2"],
+                Protocol::Auto => &[b"h2", b"http/1.1"],
+            };
+            let name =
+                ServerName::try_from(host.clone()).map_err(|_| bad("bad TLS server name"))?;
+            Some((crate::tls::client_config(roots, alpn)?, name))
+        } else {
+            None
+        };
+        let base = format!("{}://{}", if https { "https" } else { "http" }, authority);
+        Ok((
+            Connector {
+                target: Target {
+                    https,
+                    host,
+                    port,
+                    ip,
+                },
+                tls,
+                protocol: self.protocol,
+                connect_timeout: self.connect_timeout,
+                http2_keep_alive: self.http2_keep_alive,
+            },
+            base,
+        ))
+    }
+
+    pub(crate) fn api_key_value(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    pub(crate) fn timeout_value(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.max_connections.unwrap_or(1)
+    }
+}
+
+/// A pooled client for the HTTP ingest API. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Arc<Pool<Full<Bytes>>>,
+    base: String,
+    api_key: Option<HeaderValue>,
+    timeout: Option<Duration>,
+    retry: RetryPolicy,
+}
+
+impl Client {
+    /// A builder for `url` (`http://host:port` or `https://host:port`).
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            protocol: Protocol::Auto,
+            ca: None,
+            roots: None,
+            api_key: None,
+            timeout: None,
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            max_connections: None,
+            http2_keep_alive: Some(Duration::from_secs(30)),
+        }
+    }
+
+    /// The events URL of `stream`.
+    pub fn endpoint(&self, stream: &str) -> Result<Endpoint, BuildError> {
+        let bad = || BuildError::Url {
+            url: format!("{}/v1/streams/{stream}/events", self.inner.base),
+            reason: "the stream name is not valid in a URL path",
+        };
+        if stream.is_empty() || stream.contains(['/', '?', '#', '%']) {
+            return Err(bad());
+        }
+        let absolute: Uri = format!("{}/v1/streams/{stream}/events", self.inner.base)
+            .parse()
+            .map_err(|_| bad())?;
+        let origin = Uri::from(absolute.path_and_query().ok_or_else(bad)?.clone());
+        Ok(Endpoint {
+            stream: stream.into(),
+            absolute,
+            origin,
+        })
+    }
+
+    /// Opens `n` connections now rather than on first use.
+    pub async fn warm(&self, n: usize) -> Result<(), ClientError> {
+        self.inner.pool.warm(n).await
+    }
+
+    /// Sends `body` to `endpoint`, retrying per the client's [`RetryPolicy`].
+    pub async fn send(&self, endpoint: &Endpoint, body: &Body) -> Result<Accepted, ClientError> {
+        let span = tracing::debug_span!("sluice_client.request", stream = %endpoint.stream);
+        let (result, attempts, waited) = self
+            .inner
+            .retry
+            .run(|_| self.attempt(endpoint, body))
+            .instrument(span)
+            .await;
+        result.map(|mut a| {
+            a.attempts = attempts;
+            a.retry_wait = waited;
+            a
+        })
+    }
+
+    /// One attempt, no retry (what a load generator measures).
+    pub async fn send_once(
+        &self,
+        endpoint: &Endpoint,
+        body: &Body,
+    ) -> Result<Accepted, ClientError> {
+        self.attempt(endpoint, body).await
+    }
+
+    async fn attempt(&self, endpoint: &Endpoint, body: &Body) -> Result<Accepted, ClientError> {
+        match self.inner.timeout {
+            Some(t) => tokio::time::timeout(t, self.attempt_inner(endpoint, body))
+                .await
+                .map_err(|_| ClientError::Timeout(t))?,
+            None => self.attempt_inner(endpoint, body).await,
+        }
+    }
+
+    async fn attempt_inner(
+        &self,
+        endpoint: &Endpoint,
+        body: &Body,
+    ) -> Result<Accepted, ClientError> {
+        let start = Instant::now();
+        let pool = &self.inner.pool;
+        let mut checkout = pool.checkout().await?;
+        let mut timings = timings_of(&checkout);
+        let resp = match self.roundtrip(&mut checkout, endpoint, body).await {
+            Ok(r) => r,
+            // A kept-alive HTTP/1.1 connection the server closed just as we reused
+            // it: nothing was processed, so try once on a new connection.
+            Err(e)
+                if timings.reused
+                    && matches!(checkout.sender, Sender::H1(_))
+                    && e.is_closed_early() =>
+            {
+                checkout = pool.checkout().await?;
+                timings = timings_of(&checkout);
+                self.roundtrip(&mut checkout, endpoint, body)
+                    .await
+                    .map_err(ClientError::Http)?
+            }
+            Err(e) => return Err(ClientError::Http(e)),
+        };
+        timings.first_byte = start.elapsed();
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Http)?
+            .to_bytes();
+        timings.total = start.elapsed();
+        pool.checkin(checkout);
+        timings.emit();
+        if status.is_success() {
+            let accepted = parse_accepted(&bytes).ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "HTTP {status} without \"accepted\": {:?}",
+                    String::from_utf8_lossy(&bytes)
+                ))
+            })?;
+            Ok(Accepted {
+                accepted,
+                timings,
+                attempts: 1,
+                retry_wait: Duration::ZERO,
+            })
+        } else {
+            let (code, message) = parse_error(&bytes);
+            Err(ClientError::Rejected {
+                status: status.as_u16(),
+                code,
+                message,
+                retry_after,
+            })
+        }
+    }
+
+    async fn roundtrip(
+        &self,
+        checkout: &mut Checkout<Full<Bytes>>,
+        endpoint: &Endpoint,
+        body: &Body,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        let mut req = Request::builder().method(Method::POST);
+        match checkout.sender {
+            Sender::H1(_) => {
+                req = req.uri(endpoint.origin.clone());
+                if let Some(a) = endpoint.absolute.authority() {
+                    req = req.header(HOST, a.as_str());
+                }
+            }
+            Sender::H2(_) => req = req.uri(endpoint.absolute.clone()),
+        }
+        req = req.header(CONTENT_TYPE, body.content_type.clone());
+        if let Some(k) = &self.inner.api_key {
+            req = req.header(AUTHORIZATION, k.clone());
+        }
+        let req = req
+            .body(Full::new(body.bytes.clone()))
+            .expect("the request parts are valid");
+        match &mut checkout.sender {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
+}
+
+fn timings_of<B>(c: &Checkout<B>) -> Timings {
+    Timings {
+        pool_wait: c.wait,
+        dns: c.fresh.and_then(|f| f.dns),
+        connect: c.fresh.map(|f| f.connect),
+        tls: c.fresh.and_then(|f| f.tls),
+        reused: c.fresh.is_none(),
+        version: c.sender.version(),
+        ..Timings::default()
+    }
+}
+
+trait ClosedEarly {
+    fn is_closed_early(&self) -> bool;
+}
+
+impl ClosedEarly for hyper::Error {
+    fn is_closed_early(&self) -> bool {
+        self.is_canceled() || self.is_incomplete_message() || self.is_closed()
+    }
+}
+
+/// `N` from `{"accepted":N,...}`, without a JSON parser on the hot path.
+pub(crate) fn parse_accepted(body: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"accepted\":";
+    let i = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = body[i..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .fold(None, |acc: Option<u64>, b| {
+            Some(acc.unwrap_or(0).saturating_mul(10) + u64::from(b - b'0'))
+        });
+    digits
+}
+
+/// `(code, message)` from `{"error":{"code":..,"message":..}}`; the raw body otherwise.
+fn parse_error(body: &[u8]) -> (String, String) {
+    #[derive(serde::Deserialize)]
+    struct Wrapper {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<Wrapper>(body) {
+        Ok(w) => (w.error.code, w.error.message),
+        Err(_) => (String::new(), String::from_utf8_lossy(body).into_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_is_read_from_the_answer() {
+        assert_eq!(parse_accepted(b"{\"accepted\":17}"), Some(17));
+        assert_eq!(parse_accepted(b"{\"accepted\": 3,\"ids\":[]}"), Some(3));
+        assert_eq!(parse_accepted(b"{\"nope\":1}"), None);
+    }
+
+    /// The connect path (TLS state included) once made every request future ~8 KiB,
+    /// copied at each await level; it is boxed now and only paid when connecting.
+    #[test]
+    fn request_future_stays_small() {
+        let c = Client::builder("http://127.0.0.1:1").build().unwrap();
+        let (e, b) = (c.endpoint("s").unwrap(), Body::json("{}"));
+        let size = std::mem::size_of_val(&c.send_once(&e, &b));
+        assert!(size < 2048, "send_once's future is {size} bytes");
+    }
+
+    #[test]
+    fn error_body_gives_code_and_message() {
+        let (c, m) = parse_error(br#"{"error":{"code":"rate_limited","message":"slow down"}}"#);
+        assert_eq!((c.as_str(), m.as_str()), ("rate_limited", "slow down"));
+        assert_eq!(parse_error(b"oops").1, "oops");
+    }
+}

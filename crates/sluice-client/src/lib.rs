@@ -1,0 +1,37 @@
+//! sluice's Rust client and the load-generator library.
+//!
+//! - [`Client`]: the HTTP API (`POST /v1/streams/{stream}/events`) over HTTP/1.1 or
+//!   HTTP/2 (h2c prior knowledge, or TLS with ALPN), on its own connection
+//!   [`pool`](crate::pool) with keep-alive and HTTP/2 multiplexing; per-attempt
+//!   timeouts; retries on 429/503 that wait at least `Retry-After` and stop at a
+//!   [`RetryPolicy`] budget; and per-request [`Timings`] (DNS, TCP connect, TLS,
+//!   time to first byte, total; a reused connection says so), like Go's httptrace.
+//! - [`GrpcClient`]: the generated `IngestService` client over the same pool (no
+//!   tonic transport), with the API key in metadata and the same retry rules for
+//!   `RESOURCE_EXHAUSTED` / `UNAVAILABLE` (`google.rpc.RetryInfo`).
+//! - [`Batcher`]: collects events and sends them when N are buffered or T passed.
+//! - [`send`]: `sluice send`, NDJSON from a file or stdin.
+//! - [`load`]: `sluice load`, an open- or closed-model load generator with HDR
+//!   histograms and table / JSON / HTML reports.
+//!
+//! Cancelling is dropping: every request is a future, and dropping it abandons the
+//! request (an HTTP/1.1 connection in the middle of one is closed, never reused).
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod client;
+pub mod error;
+pub mod grpc;
+pub mod load;
+pub mod pool;
+pub mod retry;
+pub mod send;
+pub mod timing;
+pub mod tls;
+
+pub use batch::{BatchOptions, BatchSummary, Batcher};
+pub use client::{Accepted, Body, Client, ClientBuilder, Endpoint, Protocol};
+pub use error::{BuildError, ClientError};
+pub use grpc::GrpcClient;
+pub use retry::RetryPolicy;
+pub use timing::Timings;

@@ -1,0 +1,8 @@
+//! Integration tests of sluice-client against real in-process sluice nodes.
+
+mod batch;
+mod load;
+mod retry;
+mod send;
+mod support;
+mod timing;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use sluice_core::{Batch, Event, Queue};
+use sluice_core::{AppendError, Batch, Event, Queue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +63,28 @@ impl IngestState {
             )
             .retry_after(Duration::from_secs(1))
         })
+    }
+
+    /// True when the queue has room for about `bytes` more.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        let q = self.queue.stats();
+        q.depth_bytes.saturating_add(bytes) <= q.capacity_bytes
+    }
+
+    /// 429 / RESOURCE_EXHAUSTED before any work is done on a request that the full
+    /// queue would refuse anyway: under overload, reading, decoding and validating
+    /// requests only to refuse them is what starves the processor. A hint (the append
+    /// is the real check); `bytes` is the request's expected record size.
+    pub fn shed_if_full(&self, bytes: u64) -> Result<(), ApiError> {
+        if self.has_room(bytes) {
+            return Ok(());
+        }
+        Err(AppendError::Full {
+            batch: Box::default(),
+            reason: "queue.max_bytes reached".into(),
+            retry_after: Duration::from_secs(1),
+        }
+        .into())
     }
 
     /// 429 while a node-wide or the key's own rate limit is in debt.

@@ -6,10 +6,17 @@
 //! and answered only once durable. `IngestStream` and `IngestBidi` keep up to
 //! `grpc.window` messages in flight, so a fast producer is not held to one fsync per
 //! message; their appends still reach the queue in message order.
+//!
+//! Back-pressure: a unary call finds a full queue before its message is read
+//! (RESOURCE_EXHAUSTED with a retry delay). A stream instead stops reading while the
+//! queue is full, for up to [`HOLD_MAX`]: HTTP/2 flow control slows the producer to
+//! what the processor delivers, and no message is decoded only to be refused. Past
+//! that, the next message is read and refused.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use sluice_core::{validate_stream_name, Event};
@@ -25,6 +32,21 @@ use crate::front::IngestState;
 
 /// Longest event id a producer may supply.
 const MAX_ID_LEN: usize = 128;
+
+/// Longest a stream waits for room in a full queue before reading on (and failing).
+pub const HOLD_MAX: Duration = Duration::from_secs(5);
+
+/// How often a held-back stream looks for room again.
+const HOLD_POLL: Duration = Duration::from_millis(5);
+
+/// Waits until the queue has room for a message of `max_body_bytes`, or `HOLD_MAX`.
+async fn hold_while_full(state: &IngestState) {
+    let room = state.limits.max_body_bytes.0;
+    let started = tokio::time::Instant::now();
+    while !state.has_room(room) && started.elapsed() < HOLD_MAX {
+        tokio::time::sleep(HOLD_POLL).await;
+    }
+}
 
 /// The service, ready to be called with `http::Request`s.
 pub fn service(state: Arc<IngestState>, window: usize) -> IngestServiceServer<Grpc> {
@@ -108,7 +130,8 @@ impl IngestService for Grpc {
                         }
                     }
                 },
-                msg = inbound.message(), if !inbound_done && failed.is_none() && pending.len() < self.window => {
+                msg = async { hold_while_full(state).await; inbound.message().await },
+                    if !inbound_done && failed.is_none() && pending.len() < self.window => {
                     match msg {
                         Ok(Some(m)) => {
                             sequence += 1;
@@ -193,7 +216,8 @@ impl IngestService for Grpc {
                             return; // the client went away
                         }
                     }
-                    msg = inbound.message(), if !inbound_done && pending.len() < window => {
+                    msg = async { hold_while_full(&state).await; inbound.message().await },
+                        if !inbound_done && pending.len() < window => {
                         match msg {
                             Ok(Some(m)) => {
                                 sequence += 1;

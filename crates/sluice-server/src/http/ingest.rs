@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use sluice_core::{validate_stream_name, AppendError, Event};
+use sluice_core::{validate_stream_name, Event};
 
 use crate::error::ApiError;
 pub use crate::front::IngestState;
@@ -97,19 +97,8 @@ async fn ingest(
         return Err(ApiError::too_large("request body (Content-Length)", limit));
     }
     // Shed load before reading, decompressing and parsing a body the full queue
-    // would refuse anyway: under overload that work is what starves the processor.
-    // A hint only (the append below is the real check): a record takes about twice
-    // its NDJSON body once ids and envelopes fields are added.
-    let q = state.queue.stats();
-    let estimate = declared.unwrap_or(0).saturating_mul(2);
-    if q.depth_bytes.saturating_add(estimate) > q.capacity_bytes {
-        return Err(AppendError::Full {
-            batch: Box::default(),
-            reason: "queue.max_bytes reached".into(),
-            retry_after: std::time::Duration::from_secs(1),
-        }
-        .into());
-    }
+    // would refuse anyway: a record takes about twice its NDJSON body.
+    state.shed_if_full(declared.unwrap_or(0).saturating_mul(2))?;
     let body = read_body(req.into_body(), state).await?;
     let body = decompress(encoding, body, limit).await?;
     let payloads = match format {

@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use crate::support::*;
 
 /// The real file sink behind a gate that the test opens and closes.
-struct GatedSink {
-    inner: FileSink,
-    open: watch::Receiver<bool>,
+pub(crate) struct GatedSink {
+    pub(crate) inner: FileSink,
+    pub(crate) open: watch::Receiver<bool>,
 }
 
 impl Sink for GatedSink {
@@ -159,7 +159,7 @@ async fn full_queue_sheds_with_429_and_delivers_everything_after() {
 
 /// The real file sink, failing its first `failures` deliveries.
 struct FlakySink {
-    inner: FileSink,
+    pub(crate) inner: FileSink,
     failures: std::sync::atomic::AtomicU32,
 }
 

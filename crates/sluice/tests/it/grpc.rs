@@ -397,3 +397,67 @@ async fn compressed_messages_are_accepted_and_bombs_refused() {
         (0..200).collect::<BTreeSet<u64>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_into_a_full_queue_is_held_back_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, open) = watch::channel(false);
+    let sink = Arc::new(crate::backpressure::GatedSink {
+        inner: sluice_pipeline::sinks::FileSink::new(dir.path().join("out"), 64 << 20),
+        open,
+    });
+    let node = start_in(
+        dir,
+        &[
+            ("queue.max_bytes", "1 MiB"),
+            ("queue.segment_bytes", "128 KiB"),
+            ("http.max_body_bytes", "64 KiB"),
+            ("queue.checkpoint_interval", "10ms"),
+        ],
+        NodeOptions {
+            sink: Some(sink),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = grpc_client(node.node.http_addr);
+    let pad = "p".repeat(1000);
+    // ~2.2 MB in all: twice what the queue holds while the sink is stalled.
+    let msgs: Vec<IngestRequest> = (0..100u64)
+        .map(|m| IngestRequest {
+            stream: "held".into(),
+            events: (m * 20..m * 20 + 20)
+                .map(|n| Event {
+                    payload: format!("{{\"n\":{n},\"pad\":\"{pad}\"}}").into(),
+                    ..Default::default()
+                })
+                .collect(),
+            return_ids: false,
+        })
+        .collect();
+    let call = tokio::spawn(async move {
+        client
+            .ingest_stream(futures_util::stream::iter(msgs))
+            .await
+            .map(|r| r.into_inner().accepted)
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!call.is_finished(), "the stream should be waiting for room");
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_ingest_rejected_requests_total{reason=\"queue_full\"}"
+        ),
+        0.0,
+        "held back, not refused"
+    );
+    gate.send(true).unwrap();
+    let accepted = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the stream finishes once the sink resumes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(accepted, 2000);
+    assert_eq!(wait_delivered(&node, "held", 2000).await.len(), 2000);
+}

@@ -8,9 +8,10 @@
 //!
 //! - Event ids are assigned at the gateway, so a batch retried on another upstream
 //!   carries the same ids (at-least-once, and sinks can dedupe).
-//! - Each upstream has `gateway.connections` HTTP/2 connections, kept warm with
-//!   pings; a request goes to the less loaded of two random healthy upstreams
-//!   (power of two choices on in-flight requests).
+//! - Each upstream has `gateway.connections` HTTP/2 connections (hyper's connection
+//!   API directly, no pool layer in between), made on first use, remade when closed
+//!   and kept warm with pings; a request goes to the less loaded of two random
+//!   healthy upstreams (power of two choices on in-flight requests).
 //! - A transport error, a timeout or UNAVAILABLE counts as a failure; after
 //!   `gateway.eject_after` in a row the upstream is ejected and probed every
 //!   `gateway.probe_interval` until an `Ingest` call is answered again. The batch is
@@ -22,10 +23,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
 use http::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_core::{AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats};
 use sluice_proto::v1::ingest_service_client::IngestServiceClient;
 use sluice_proto::v1::{self as pb, IngestRequest};
@@ -35,13 +40,34 @@ use tonic::Code;
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 
-type Channel = Client<HttpConnector, tonic::body::Body>;
+/// One multiplexed HTTP/2 connection as a tower service for the generated client.
+#[derive(Clone)]
+struct Channel(SendRequest<tonic::body::Body>);
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
 
 /// One ingest node.
 struct Upstream {
     uri: Uri,
-    /// One client per connection: hyper keeps one HTTP/2 connection per client.
-    channels: Vec<IngestServiceClient<Channel>>,
+    /// `host:port`, for connecting.
+    authority: String,
+    /// The connections, each made on first use and remade once closed.
+    conns: Vec<Mutex<Option<SendRequest<tonic::body::Body>>>>,
+    /// Held while a connection slot is being (re)made, so that the requests that find
+    /// it closed wait for one new connection instead of each making their own.
+    connecting: Vec<tokio::sync::Mutex<()>>,
     next: AtomicUsize,
     in_flight: AtomicUsize,
     failures: AtomicU32,
@@ -83,26 +109,15 @@ impl Upstreams {
                     "gateway.upstreams: {url:?} must look like http://HOST:PORT"
                 ));
             }
-            let channels = (0..config.connections.max(1))
-                .map(|_| {
-                    let mut connector = HttpConnector::new();
-                    connector.set_nodelay(true);
-                    connector.set_connect_timeout(Some(config.connect_timeout.0));
-                    let client = Client::builder(TokioExecutor::new())
-                        .http2_only(true)
-                        .timer(TokioTimer::new())
-                        .pool_timer(TokioTimer::new())
-                        .http2_keep_alive_interval(Some(Duration::from_secs(10)))
-                        .http2_keep_alive_while_idle(true)
-                        .build(connector);
-                    IngestServiceClient::with_origin(client, uri.clone())
-                        .max_decoding_message_size(64 << 20)
-                        .max_encoding_message_size(usize::MAX)
-                })
-                .collect();
+            let authority = uri.authority().expect("checked above").to_string();
+            let n = config.connections.max(1);
+            let conns = (0..n).map(|_| Mutex::new(None)).collect();
+            let connecting = (0..n).map(|_| tokio::sync::Mutex::new(())).collect();
             upstreams.push(Arc::new(Upstream {
                 uri,
-                channels,
+                authority,
+                conns,
+                connecting,
                 next: AtomicUsize::new(0),
                 in_flight: AtomicUsize::new(0),
                 failures: AtomicU32::new(0),
@@ -170,9 +185,62 @@ impl Upstreams {
         }
     }
 
+    /// A ready connection to `u` (round-robin over its slots), connecting if needed.
+    async fn channel(&self, u: &Upstream) -> Result<Channel, String> {
+        let i = u.next.fetch_add(1, Ordering::Relaxed) % u.conns.len();
+        let open = |slot: &Mutex<Option<SendRequest<tonic::body::Body>>>| {
+            slot.lock()
+                .expect("conn lock poisoned")
+                .as_ref()
+                .filter(|tx| !tx.is_closed())
+                .map(|tx| Channel(tx.clone()))
+        };
+        if let Some(c) = open(&u.conns[i]) {
+            return Ok(c);
+        }
+        let _connecting = u.connecting[i].lock().await;
+        if let Some(c) = open(&u.conns[i]) {
+            return Ok(c); // another request made it meanwhile
+        }
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(&u.authority)
+                .await
+                .map_err(|e| format!("connecting: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(10)))
+                .keep_alive_while_idle(true)
+                .handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok::<_, String>(tx)
+        };
+        let tx = tokio::time::timeout(self.config.connect_timeout.0, connect)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no connection within gateway.connect_timeout ({:?})",
+                    self.config.connect_timeout.0
+                )
+            })??;
+        *u.conns[i].lock().expect("conn lock poisoned") = Some(tx.clone());
+        Ok(Channel(tx))
+    }
+
     async fn attempt(&self, u: &Upstream, req: IngestRequest) -> Attempt {
-        let i = u.next.fetch_add(1, Ordering::Relaxed) % u.channels.len();
-        let mut client = u.channels[i].clone();
+        let channel = match self.channel(u).await {
+            Ok(c) => c,
+            Err(e) => return Attempt::Failed(e),
+        };
+        let mut client = IngestServiceClient::with_origin(channel, u.uri.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(usize::MAX);
         let mut request = tonic::Request::new(req);
         if let Some(k) = &self.api_key {
             request.metadata_mut().insert("authorization", k.clone());

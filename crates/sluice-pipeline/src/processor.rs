@@ -48,7 +48,7 @@ impl Default for ProcessorOptions {
     fn default() -> Self {
         ProcessorOptions {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            batch_max_events: 1000,
+            batch_max_events: 5000,
             batch_max_wait: Duration::from_millis(20),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),

@@ -173,7 +173,9 @@ impl Default for GrpcConfig {
 pub struct ProcessorConfig {
     /// Concurrent deliveries; 0 means one per core (default).
     pub workers: usize,
-    /// Most events per delivery. Default 1,000.
+    /// Most events per delivery. Default 5,000: each delivery costs a sink write and
+    /// an fsync, so bigger deliveries carry more events per fsync (measured: 1,000 →
+    /// 5,000 took the file sink from ~560k to ~0.85–1.0M events/s).
     pub batch_max_events: usize,
     /// Longest wait for a delivery to fill up to `batch_max_events` before what is
     /// there is delivered (the delivery latency at a trickle). Default `20ms`.
@@ -261,7 +263,7 @@ impl Default for ProcessorConfig {
     fn default() -> Self {
         ProcessorConfig {
             workers: 0,
-            batch_max_events: 1000,
+            batch_max_events: 5000,
             batch_max_wait: HumanDuration(Duration::from_millis(20)),
             retry_initial: HumanDuration(Duration::from_millis(100)),
             retry_max: HumanDuration(Duration::from_secs(30)),

@@ -83,7 +83,7 @@ pub struct Upstreams {
     metrics: Arc<Metrics>,
 }
 
-/// Why an upstream attempt failed.
+/// How one attempt on an upstream ended.
 enum Attempt {
     /// The upstream acked: the batch is durable there.
     Ok,

@@ -461,3 +461,64 @@ async fn a_stream_into_a_full_queue_is_held_back_not_refused() {
     assert_eq!(accepted, 2000);
     assert_eq!(wait_delivered(&node, "held", 2000).await.len(), 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_into_a_full_log_are_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_gate, open) = watch::channel(false);
+    let sink = Arc::new(crate::backpressure::GatedSink {
+        inner: sluice_pipeline::sinks::FileSink::new(dir.path().join("out"), 64 << 20),
+        open,
+    });
+    let node = start_in(
+        dir,
+        &[
+            ("queue.max_bytes", "1 MiB"),
+            ("queue.segment_bytes", "128 KiB"),
+            ("http.max_body_bytes", "64 KiB"),
+        ],
+        NodeOptions {
+            sink: Some(sink),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = grpc_client(node.node.http_addr);
+    let pad = "p".repeat(1000);
+    let big = |m: u64| IngestRequest {
+        stream: "unary-full".into(),
+        events: (0..20)
+            .map(|n| Event {
+                payload: format!("{{\"n\":{},\"pad\":\"{pad}\"}}", m * 20 + n).into(),
+                ..Default::default()
+            })
+            .collect(),
+        return_ids: false,
+    };
+    let mut refused = None;
+    for m in 0..100 {
+        if let Err(e) = client.ingest(big(m)).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let err = refused.expect("the log filled up");
+    use tonic_types::StatusExt;
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.get_details_retry_info().is_some(), "{err:?}");
+    // Once full, every further call is refused up front, and counted: even a bad
+    // message gets RESOURCE_EXHAUSTED, not INVALID_ARGUMENT, as it is never read.
+    for m in 100..105 {
+        let e = client.ingest(big(m)).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted);
+    }
+    let mut bad = big(0);
+    bad.events[0].payload = "{not json".into();
+    let e = client.ingest(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let m = node.metrics().await;
+    assert!(
+        metric(&m, "sluice_ingest_rejected_requests_total{reason=\"queue_full\"}") >= 6.0,
+        "{m}"
+    );
+}

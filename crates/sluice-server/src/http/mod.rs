@@ -52,10 +52,11 @@ pub async fn route(
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if is_grpc {
-        // A unary call is refused before its message is even read when the queue is
-        // full; streams hold back instead (see `grpc`).
+        // A unary call is refused before its message is even read when the queue has
+        // no room for a request of the largest size (gRPC has no Content-Length to
+        // go by; `/readyz` uses the same bound); streams hold back instead (`grpc`).
         if req.uri().path().ends_with("/Ingest") {
-            if let Err(e) = state.shed_if_full(0) {
+            if let Err(e) = state.shed_if_full(state.limits.max_body_bytes.0) {
                 state.metrics.reject(e.code);
                 let r = e.into_status().into_http::<tonic::body::Body>();
                 return Ok(r.map(Either::Right));

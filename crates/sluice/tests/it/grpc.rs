@@ -518,7 +518,10 @@ async fn unary_calls_into_a_full_log_are_refused_before_decoding() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     let m = node.metrics().await;
     assert!(
-        metric(&m, "sluice_ingest_rejected_requests_total{reason=\"queue_full\"}") >= 6.0,
+        metric(
+            &m,
+            "sluice_ingest_rejected_requests_total{reason=\"queue_full\"}"
+        ) >= 6.0,
         "{m}"
     );
 }

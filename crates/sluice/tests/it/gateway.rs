@@ -323,3 +323,86 @@ async fn gateway_binary_forwards_and_drains_on_sigterm() {
         "a gateway keeps no log of its own"
     );
 }
+
+/// A node from `flags` with one API key for every stream; returns the node and key.
+async fn keyed_node(flags: &[(&str, &str)], role: Role) -> (TestNode, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), flags);
+    let (key, sha256) = sluice_server::auth::generate_key();
+    config.auth.keys.push(sluice_server::config::KeyConfig {
+        name: "test".into(),
+        sha256,
+        streams: vec!["*".into()],
+        events_per_s: None,
+        bytes_per_s: None,
+    });
+    let node = sluice_server::Node::start(
+        config,
+        NodeOptions {
+            role,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let node = TestNode {
+        base: format!("http://{}", node.http_addr),
+        admin: format!("http://{}", node.admin_addr),
+        node,
+        dir,
+    };
+    (node, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_authenticates_producers_and_itself_to_upstreams() {
+    let (up, up_key) = keyed_node(&[], Role::Serve).await;
+    let upstream = format!("http://{}", up.node.http_addr);
+    let (gw, gw_key) = keyed_node(
+        &[
+            ("gateway.upstreams", upstream.as_str()),
+            ("gateway.upstream_api_key", up_key.as_str()),
+        ],
+        Role::Gateway,
+    )
+    .await;
+    let http = Http::h1();
+    let url = gw.events_url("authed");
+    let r = http.post(&url, &[JSON], "{\"n\":1}").await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "producers need the gateway's key"
+    );
+    let bearer = format!("Bearer {gw_key}");
+    let r = http
+        .post(&url, &[JSON, ("authorization", &bearer)], "{\"n\":1}")
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let out = up.out_dir("authed");
+    assert!(
+        wait_until(Duration::from_secs(10), || delivered_ns(&out)
+            == BTreeSet::from([1]))
+        .await
+    );
+
+    // A gateway without the upstream's key is refused there: 503, nothing stored.
+    let (bare, bare_key) =
+        keyed_node(&[("gateway.upstreams", upstream.as_str())], Role::Gateway).await;
+    let bearer = format!("Bearer {bare_key}");
+    let r = http
+        .post(
+            &bare.events_url("authed"),
+            &[JSON, ("authorization", &bearer)],
+            "{\"n\":2}",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("Unauthenticated"),
+        "{:?}",
+        r.body
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(delivered_ns(&out), BTreeSet::from([1]));
+}

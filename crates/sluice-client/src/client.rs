@@ -449,7 +449,8 @@ impl Client {
     }
 }
 
-fn timings_of<B>(c: &Checkout<B>) -> Timings {
+/// The connection phases of a checkout (none when the connection was reused).
+pub(crate) fn timings_of<B>(c: &Checkout<B>) -> Timings {
     Timings {
         pool_wait: c.wait,
         dns: c.fresh.and_then(|f| f.dns),

@@ -50,15 +50,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for GrpcChannel {
         Box::pin(async move {
             let start = Instant::now();
             let mut checkout = pool.checkout().await?;
-            let mut timings = Timings {
-                pool_wait: checkout.wait,
-                dns: checkout.fresh.and_then(|f| f.dns),
-                connect: checkout.fresh.map(|f| f.connect),
-                tls: checkout.fresh.and_then(|f| f.tls),
-                reused: checkout.fresh.is_none(),
-                version: checkout.sender.version(),
-                ..Timings::default()
-            };
+            let mut timings = crate::client::timings_of(&checkout);
             let resp = match &mut checkout.sender {
                 Sender::H2(s) => {
                     s.ready().await.map_err(ClientError::Http)?;

@@ -33,13 +33,19 @@ pub struct IngestState {
 }
 
 impl IngestState {
-    /// The state for `config`, serving from `queue`.
-    pub fn new(config: &Config, queue: Arc<dyn Queue>, metrics: Arc<Metrics>) -> IngestState {
+    /// The state for `config`, serving from `queue`; `shutting_down` is the node's
+    /// shutdown token.
+    pub fn new(
+        config: &Config,
+        queue: Arc<dyn Queue>,
+        metrics: Arc<Metrics>,
+        shutting_down: CancellationToken,
+    ) -> IngestState {
         IngestState {
             queue,
             metrics,
             limits: config.http.clone(),
-            shutting_down: CancellationToken::new(),
+            shutting_down,
             in_flight: Arc::new(Semaphore::new(config.http.max_concurrent_requests)),
             keys: Keys::new(&config.auth),
             events_rate: config.limits.events_per_s.map(|r| Bucket::new(r as f64)),

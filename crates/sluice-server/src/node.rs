@@ -208,10 +208,12 @@ impl Node {
             tls: tls.clone().filter(|_| config.tls.on_admin()),
             ..ingest_listener.clone()
         };
-        let ingest_state = Arc::new(IngestState {
-            shutting_down: shutdown.clone(),
-            ..IngestState::new(&config, queue.clone(), metrics.clone())
-        });
+        let ingest_state = Arc::new(IngestState::new(
+            &config,
+            queue.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let admin_state = Arc::new(AdminState {
             queue: queue.clone(),
             metrics: metrics.clone(),

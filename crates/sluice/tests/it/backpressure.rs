@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use crate::support::*;
 
 /// The real file sink behind a gate that the test opens and closes.
-pub(crate) struct GatedSink {
-    pub(crate) inner: FileSink,
-    pub(crate) open: watch::Receiver<bool>,
+struct GatedSink {
+    inner: FileSink,
+    open: watch::Receiver<bool>,
 }
 
 impl Sink for GatedSink {
@@ -34,17 +34,9 @@ impl Sink for GatedSink {
     }
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_queue_sheds_with_429_and_delivers_everything_after() {
+/// A node with a 1 MiB log (64 KiB bodies) whose real file sink stays stalled until
+/// `true` is sent on the returned gate.
+pub(crate) async fn small_log_with_gated_sink() -> (TestNode, watch::Sender<bool>) {
     let dir = tempfile::tempdir().unwrap();
     let (gate, open) = watch::channel(false);
     let sink = Arc::new(GatedSink {
@@ -65,6 +57,21 @@ async fn full_queue_sheds_with_429_and_delivers_everything_after() {
         },
     )
     .await;
+    (node, gate)
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_sheds_with_429_and_delivers_everything_after() {
+    let (node, gate) = small_log_with_gated_sink().await;
     let http = Http::h1();
     let url = node.events_url("bp");
     let mut next = 0u64;
@@ -159,7 +166,7 @@ async fn full_queue_sheds_with_429_and_delivers_everything_after() {
 
 /// The real file sink, failing its first `failures` deliveries.
 struct FlakySink {
-    pub(crate) inner: FileSink,
+    inner: FileSink,
     failures: std::sync::atomic::AtomicU32,
 }
 

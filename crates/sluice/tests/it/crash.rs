@@ -5,64 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use tokio::process::{Child, Command};
 
 use crate::support::*;
 
-struct Running {
-    child: Child,
-    http: SocketAddr,
-}
-
-async fn spawn(data: &Path, ack: &str) -> Running {
-    let http = free_addr();
-    let admin = free_addr();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.with_extension("log"))
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--listen",
-            &http.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .args([
-            "--data-dir",
-            &data.display().to_string(),
-            "--ack",
-            ack,
-            "--log-level",
-            "warn",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = Http::h1();
-    let url = format!("http://{admin}/healthz");
-    for _ in 0..500 {
-        if let Ok(a) = client.request(hyper::Method::GET, &url, &[], "").await {
-            if a.status == StatusCode::OK {
-                return Running { child, http };
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!(
-        "sluice did not become healthy; see {}",
-        data.with_extension("log").display()
-    );
+async fn spawn(data: &Path, ack: &str) -> Served {
+    spawn_serve(data, free_addr(), free_addr(), &["--ack", ack]).await
 }
 
 /// Producers that POST NDJSON bodies of unique events and remember what got a 202.
@@ -114,7 +65,7 @@ fn delivered(out: &Path) -> BTreeMap<String, usize> {
     m
 }
 
-async fn sigterm_and_wait(mut r: Running) -> std::process::ExitStatus {
+async fn sigterm_and_wait(mut r: Served) -> std::process::ExitStatus {
     let pid = r.child.id().unwrap().to_string();
     let st = std::process::Command::new("kill")
         .args(["-TERM", &pid])

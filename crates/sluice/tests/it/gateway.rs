@@ -4,14 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::StatusCode;
 use sluice_server::{NodeOptions, Role};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::support::*;
 
@@ -132,61 +132,13 @@ async fn no_upstream_is_503_and_full_upstreams_are_429() {
     assert_eq!(limited.json()["error"]["code"], "queue_full");
 }
 
-struct Upstream {
-    child: Child,
-    http: SocketAddr,
-    admin: SocketAddr,
-    data: PathBuf,
-}
-
-async fn spawn_serve(data: &Path, http: SocketAddr, admin: SocketAddr) -> Upstream {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.with_extension("log"))
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--listen", &http.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args([
-            "--data-dir",
-            &data.display().to_string(),
-            "--log-level",
-            "warn",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://{admin}/healthz");
-    for _ in 0..500 {
-        if let Ok(a) = Http::h1().request(hyper::Method::GET, &url, &[], "").await {
-            if a.status == StatusCode::OK {
-                return Upstream {
-                    child,
-                    http,
-                    admin,
-                    data: data.to_path_buf(),
-                };
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!(
-        "sluice serve did not start; see {}",
-        data.with_extension("log").display()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_killed_under_load_loses_nothing_and_producers_see_no_error() {
     let dir = tempfile::tempdir().unwrap();
     let data = [dir.path().join("a"), dir.path().join("b")];
     let mut ups = Vec::new();
     for d in &data {
-        ups.push(spawn_serve(d, free_addr(), free_addr()).await);
+        ups.push(spawn_serve(d, free_addr(), free_addr(), &[]).await);
     }
     let gw = gateway(&[ups[0].http, ups[1].http], &[]).await;
 
@@ -244,7 +196,7 @@ async fn upstream_killed_under_load_loses_nothing_and_producers_see_no_error() {
 
     // The killed node comes back on its own data dir and delivers what it acked.
     let (http, admin) = (ups[0].http, ups[0].admin);
-    let revived = spawn_serve(&ups[0].data.clone(), http, admin).await;
+    let revived = spawn_serve(&ups[0].data.clone(), http, admin, &[]).await;
     let outs = [
         data[0].join("out").join("kill"),
         data[1].join("out").join("kill"),
@@ -269,7 +221,7 @@ fn tokio_util_stop() -> Arc<std::sync::atomic::AtomicBool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_binary_forwards_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let up = spawn_serve(&dir.path().join("up"), free_addr(), free_addr()).await;
+    let up = spawn_serve(&dir.path().join("up"), free_addr(), free_addr(), &[]).await;
     let (http, admin) = (free_addr(), free_addr());
     let log = std::fs::File::create(dir.path().join("gw.log")).unwrap();
     let mut gw = Command::new(env!("CARGO_BIN_EXE_sluice"))

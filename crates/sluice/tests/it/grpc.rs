@@ -400,26 +400,7 @@ async fn compressed_messages_are_accepted_and_bombs_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_into_a_full_queue_is_held_back_not_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (gate, open) = watch::channel(false);
-    let sink = Arc::new(crate::backpressure::GatedSink {
-        inner: sluice_pipeline::sinks::FileSink::new(dir.path().join("out"), 64 << 20),
-        open,
-    });
-    let node = start_in(
-        dir,
-        &[
-            ("queue.max_bytes", "1 MiB"),
-            ("queue.segment_bytes", "128 KiB"),
-            ("http.max_body_bytes", "64 KiB"),
-            ("queue.checkpoint_interval", "10ms"),
-        ],
-        NodeOptions {
-            sink: Some(sink),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (node, gate) = crate::backpressure::small_log_with_gated_sink().await;
     let mut client = grpc_client(node.node.http_addr);
     let pad = "p".repeat(1000);
     // ~2.2 MB in all: twice what the queue holds while the sink is stalled.
@@ -464,25 +445,7 @@ async fn a_stream_into_a_full_queue_is_held_back_not_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_calls_into_a_full_log_are_refused_before_decoding() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_gate, open) = watch::channel(false);
-    let sink = Arc::new(crate::backpressure::GatedSink {
-        inner: sluice_pipeline::sinks::FileSink::new(dir.path().join("out"), 64 << 20),
-        open,
-    });
-    let node = start_in(
-        dir,
-        &[
-            ("queue.max_bytes", "1 MiB"),
-            ("queue.segment_bytes", "128 KiB"),
-            ("http.max_body_bytes", "64 KiB"),
-        ],
-        NodeOptions {
-            sink: Some(sink),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (node, _gate) = crate::backpressure::small_log_with_gated_sink().await;
     let mut client = grpc_client(node.node.http_addr);
     let pad = "p".repeat(1000);
     let big = |m: u64| IngestRequest {

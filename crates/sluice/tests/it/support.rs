@@ -248,3 +248,60 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A `sluice serve` child process.
+pub struct Served {
+    pub child: tokio::process::Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub data: PathBuf,
+}
+
+/// Starts the real binary on `data` and the given addresses (so a restart can reuse
+/// them), logging to `<data>.log`, and waits until `/healthz` answers.
+pub async fn spawn_serve(
+    data: &Path,
+    http: SocketAddr,
+    admin: SocketAddr,
+    extra: &[&str],
+) -> Served {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", &http.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args([
+            "--data-dir",
+            &data.display().to_string(),
+            "--log-level",
+            "warn",
+        ])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{admin}/healthz");
+    for _ in 0..500 {
+        if let Ok(a) = Http::h1().request(Method::GET, &url, &[], "").await {
+            if a.status == StatusCode::OK {
+                return Served {
+                    child,
+                    http,
+                    admin,
+                    data: data.to_path_buf(),
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "sluice serve did not become healthy; see {}",
+        data.with_extension("log").display()
+    );
+}

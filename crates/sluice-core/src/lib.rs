@@ -14,7 +14,7 @@ mod time;
 
 pub use event::{new_event_id, new_event_ids, Batch, Event, EventIds};
 pub use queue::{AppendError, ConsumeError, Consumer, Delivery, Queue, QueueStats};
-pub use sink::{Sink, SinkError};
+pub use sink::{Rejection, Sink, SinkError};
 pub use stream::{validate_stream_name, StreamNameError, MAX_STREAM_NAME_LEN};
 pub use time::{format_rfc3339_millis, now_unix_nanos};
 

@@ -56,6 +56,22 @@ pub struct Delivery {
     pub events: Vec<Event>,
     /// Passed back to [`Consumer::commit`] once the events are safely delivered.
     pub token: u64,
+    /// How many times each event has been handed out, counting this time, for
+    /// backends that track redelivery (JetStream); empty when unknown (the WAL and the
+    /// memory queue replay only after a restart). The processor dead-letters events
+    /// handed out more than its `max_deliveries`.
+    pub attempts: Vec<u32>,
+}
+
+impl Delivery {
+    /// A delivery whose redelivery counts are unknown.
+    pub fn new(events: Vec<Event>, token: u64) -> Delivery {
+        Delivery {
+            events,
+            token,
+            attempts: Vec::new(),
+        }
+    }
 }
 
 /// Point-in-time figures for metrics and `/readyz`.

@@ -11,12 +11,19 @@
 //! Commits may arrive out of order; the queue persists only the committed prefix. On
 //! shutdown workers stop polling (or, with `drain_on_shutdown`, first empty the
 //! queue), finish and commit what they hold, and the consumer's position is flushed.
+//!
+//! Dead letters: an event the sink refuses for good ([`SinkError::Permanent`] or
+//! [`SinkError::Rejected`]), one still failing after `max_attempts`, or one the queue
+//! has handed out more than `max_deliveries` times goes to the dead-letter sink, with
+//! the reason in its `sluice-dead-letter-*` headers, before the delivery is committed.
+//! Nothing else leaves the pipeline undelivered; without a dead-letter sink such
+//! events are retried forever.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::{ConsumeError, Consumer, Delivery, Queue, Sink, SinkError};
+use sluice_core::{ConsumeError, Consumer, Event, Queue, Sink, SinkError};
 use tokio_util::sync::CancellationToken;
 
 use crate::Backoff;
@@ -42,6 +49,13 @@ pub struct ProcessorOptions {
     /// Drain the queue before stopping (for the non-durable memory queue, whose
     /// contents a stop would otherwise lose).
     pub drain_on_shutdown: bool,
+    /// Sink attempts for one delivery before its events are dead-lettered; 0 (the
+    /// default) retries a passing failure forever, holding back the queue.
+    pub max_attempts: u32,
+    /// Times the queue may hand out one event (JetStream counts redeliveries after an
+    /// ack timeout or a processor crash) before it is dead-lettered unseen by the sink;
+    /// 0 means no limit. Default 10.
+    pub max_deliveries: u32,
 }
 
 impl Default for ProcessorOptions {
@@ -54,6 +68,8 @@ impl Default for ProcessorOptions {
             retry_max: Duration::from_secs(30),
             consumer: "processor".into(),
             drain_on_shutdown: false,
+            max_attempts: 0,
+            max_deliveries: 10,
         }
     }
 }
@@ -69,12 +85,15 @@ pub struct ProcessorStats {
     pub in_flight: AtomicU64,
     /// Receive time (Unix nanos) of the newest delivered event, for lag.
     pub last_delivered_received_at: AtomicU64,
+    /// Events handed to the dead-letter sink.
+    pub dead_lettered_events: AtomicU64,
 }
 
 /// The processor.
 pub struct Processor {
     queue: Arc<dyn Queue>,
     sink: Arc<dyn Sink>,
+    dead_letter: Option<Arc<dyn Sink>>,
     opts: ProcessorOptions,
     stats: Arc<ProcessorStats>,
 }
@@ -85,9 +104,16 @@ impl Processor {
         Processor {
             queue,
             sink,
+            dead_letter: None,
             opts,
             stats: Arc::new(ProcessorStats::default()),
         }
+    }
+
+    /// Sends events that can never be delivered to `sink` (see the module docs).
+    pub fn with_dead_letter(mut self, sink: Arc<dyn Sink>) -> Processor {
+        self.dead_letter = Some(sink);
+        self
     }
 
     /// The live counters.
@@ -105,7 +131,10 @@ impl Processor {
                 tokio::spawn(worker(
                     id,
                     consumer.clone(),
-                    self.sink.clone(),
+                    Sinks {
+                        main: self.sink.clone(),
+                        dead: self.dead_letter.clone(),
+                    },
                     self.stats.clone(),
                     self.opts.clone(),
                     shutdown.clone(),
@@ -127,7 +156,7 @@ impl Processor {
 async fn worker(
     id: usize,
     consumer: Arc<dyn Consumer>,
-    sink: Arc<dyn Sink>,
+    sinks: Sinks,
     stats: Arc<ProcessorStats>,
     opts: ProcessorOptions,
     shutdown: CancellationToken,
@@ -142,7 +171,7 @@ async fn worker(
         match polled {
             Ok(Some(d)) => {
                 stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                deliver(id, &d, sink.as_ref(), &stats, &opts).await;
+                deliver(id, &d.events, &d.attempts, &sinks, &stats, &opts).await;
                 stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 if let Err(e) = consumer.commit(d.token).await {
                     tracing::error!(worker = id, error = %e, "commit failed; the delivery will be replayed");
@@ -159,43 +188,163 @@ async fn worker(
     }
 }
 
-/// Delivers with retries until the sink takes the events. Never gives up: skipping
-/// would lose events (dead letters come with the broker sinks).
+/// The main sink and the dead-letter sink.
+#[derive(Clone)]
+struct Sinks {
+    main: Arc<dyn Sink>,
+    dead: Option<Arc<dyn Sink>>,
+}
+
+/// Delivers `events` with retries until the sink has taken each of them or it has
+/// gone to the dead-letter sink. `attempts` are the queue's per-event handout counts
+/// (empty when the queue does not count).
 async fn deliver(
     id: usize,
-    d: &Delivery,
-    sink: &dyn Sink,
+    events: &[Event],
+    attempts: &[u32],
+    sinks: &Sinks,
     stats: &ProcessorStats,
     opts: &ProcessorOptions,
 ) {
-    if d.events.is_empty() {
+    if events.is_empty() {
         return;
     }
+    let mut dead: Vec<(Event, String)> = Vec::new();
+    let overdue = |i: usize| {
+        opts.max_deliveries > 0 && attempts.get(i).is_some_and(|&n| n > opts.max_deliveries)
+    };
+    let fresh: Vec<Event>;
+    let todo: &[Event] = if sinks.dead.is_some() && (0..events.len()).any(overdue) {
+        let (mut keep, mut over) = (Vec::new(), Vec::new());
+        for (i, e) in events.iter().enumerate() {
+            if overdue(i) {
+                let reason = format!(
+                    "handed out {} times without being committed (max_deliveries = {})",
+                    attempts[i], opts.max_deliveries
+                );
+                over.push((e.clone(), reason));
+            } else {
+                keep.push(e.clone());
+            }
+        }
+        dead = over;
+        fresh = keep;
+        &fresh
+    } else {
+        events
+    };
+    if !todo.is_empty() {
+        dead.extend(to_sink(id, todo, sinks, stats, opts).await);
+    }
+    if !dead.is_empty() {
+        to_dead_letter(id, dead, sinks, stats, opts).await;
+    }
+}
+
+/// Delivers to the main sink; returns the events it refused for good, with reasons.
+async fn to_sink(
+    id: usize,
+    events: &[Event],
+    sinks: &Sinks,
+    stats: &ProcessorStats,
+    opts: &ProcessorOptions,
+) -> Vec<(Event, String)> {
+    let sink = sinks.main.as_ref();
     let mut backoff = Backoff::new(opts.retry_initial, opts.retry_max);
     loop {
-        match sink.deliver(&d.events).await {
-            Ok(()) => {
-                let n = d.events.len() as u64;
-                stats.delivered_events.fetch_add(n, Ordering::Relaxed);
-                if let Some(last) = d.events.last() {
-                    stats
-                        .last_delivered_received_at
-                        .fetch_max(last.received_at_unix_nanos.max(0) as u64, Ordering::Relaxed);
+        let refused: Vec<(Event, String)> = match sink.deliver(events).await {
+            Ok(()) => Vec::new(),
+            Err(SinkError::Rejected(list)) if sinks.dead.is_some() => list
+                .into_iter()
+                .filter_map(|r| Some((events.get(r.index)?.clone(), r.reason)))
+                .collect(),
+            Err(SinkError::Permanent { message }) if sinks.dead.is_some() => events
+                .iter()
+                .map(|e| (e.clone(), message.clone()))
+                .collect(),
+            Err(e) => {
+                stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                let tried = backoff.attempts() + 1;
+                if sinks.dead.is_some() && opts.max_attempts > 0 && tried >= opts.max_attempts {
+                    let reason = format!("gave up after {tried} attempts: {e}");
+                    return events
+                        .iter()
+                        .map(|ev| (ev.clone(), reason.clone()))
+                        .collect();
                 }
+                let mut delay = backoff.next_delay();
+                if let SinkError::Retryable {
+                    retry_after: Some(at_least),
+                    ..
+                } = &e
+                {
+                    delay = delay.max(*at_least);
+                }
+                tracing::warn!(
+                    worker = id,
+                    sink = sink.name(),
+                    attempt = tried,
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "delivery failed, retrying"
+                );
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        let n = (events.len() - refused.len()) as u64;
+        stats.delivered_events.fetch_add(n, Ordering::Relaxed);
+        if let Some(last) = events.last() {
+            stats
+                .last_delivered_received_at
+                .fetch_max(last.received_at_unix_nanos.max(0) as u64, Ordering::Relaxed);
+        }
+        return refused;
+    }
+}
+
+/// Hands refused events to the dead-letter sink, each with `sluice-dead-letter-reason`
+/// and `sluice-dead-letter-sink` headers, retrying until it takes them: a dead letter
+/// is never dropped.
+async fn to_dead_letter(
+    id: usize,
+    dead: Vec<(Event, String)>,
+    sinks: &Sinks,
+    stats: &ProcessorStats,
+    opts: &ProcessorOptions,
+) {
+    let Some(dl) = sinks.dead.as_deref() else {
+        return;
+    };
+    let from = sinks.main.name();
+    let events: Vec<Event> = dead
+        .into_iter()
+        .map(|(mut e, reason)| {
+            tracing::warn!(worker = id, sink = from, id = %e.id, stream = %e.stream, %reason, "event dead-lettered");
+            e.headers.push(("sluice-dead-letter-reason".into(), reason));
+            e.headers.push(("sluice-dead-letter-sink".into(), from.into()));
+            e
+        })
+        .collect();
+    let mut backoff = Backoff::new(opts.retry_initial, opts.retry_max);
+    loop {
+        match dl.deliver(&events).await {
+            Ok(()) => {
+                stats
+                    .dead_lettered_events
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
                 return;
             }
             Err(e) => {
                 stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
                 let delay = backoff.next_delay();
-                let permanent = matches!(e, SinkError::Permanent { .. });
-                tracing::warn!(
+                tracing::error!(
                     worker = id,
-                    sink = sink.name(),
+                    sink = dl.name(),
                     attempt = backoff.attempts(),
-                    permanent,
                     error = %e,
                     retry_in_ms = delay.as_millis() as u64,
-                    "delivery failed, retrying"
+                    "dead-letter delivery failed, retrying"
                 );
                 tokio::time::sleep(delay).await;
             }

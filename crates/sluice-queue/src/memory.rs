@@ -186,7 +186,7 @@ impl Consumer for MemoryQueue {
                     if !self.inner.ring.is_empty() {
                         self.inner.readable.notify_one();
                     }
-                    return Ok(Some(Delivery { events, token: 0 }));
+                    return Ok(Some(Delivery::new(events, 0)));
                 }
                 if closed {
                     return Err(ConsumeError::Closed);

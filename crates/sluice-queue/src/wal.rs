@@ -274,7 +274,7 @@ impl WalConsumer {
         drop(reader);
         // A delivery may be empty when only corrupt records were read: the caller
         // commits it like any other, which moves the watermark past them.
-        Ok(Some(Delivery { events, token: end }))
+        Ok(Some(Delivery::new(events, end)))
     }
 
     async fn checkpoint(&self, force: bool) -> Result<(), ConsumeError> {

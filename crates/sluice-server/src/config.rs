@@ -81,6 +81,9 @@ pub struct Config {
     pub processor: ProcessorConfig,
     /// Where events are delivered.
     pub sink: SinkConfig,
+    /// Where events that can never be delivered go, each with its reason; the file
+    /// sink under `<data_dir>/dead` by default.
+    pub dead_letter: SinkConfig,
 }
 
 /// Log output format.
@@ -184,6 +187,13 @@ pub struct ProcessorConfig {
     pub retry_initial: HumanDuration,
     /// Longest retry delay. Default `30s`.
     pub retry_max: HumanDuration,
+    /// Sink attempts for one delivery before its events are dead-lettered; 0 (the
+    /// default) retries a passing failure forever, holding the queue back instead.
+    pub max_attempts: u32,
+    /// Times a broker queue may hand out one event (redelivery after an ack timeout or
+    /// a processor crash) before it is dead-lettered unseen; 0 means no limit.
+    /// Default 10.
+    pub max_deliveries: u32,
 }
 
 /// Which sink.
@@ -228,6 +238,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             processor: ProcessorConfig::default(),
             sink: SinkConfig::default(),
+            dead_letter: SinkConfig::default(),
         }
     }
 }
@@ -267,6 +278,8 @@ impl Default for ProcessorConfig {
             batch_max_wait: HumanDuration(Duration::from_millis(20)),
             retry_initial: HumanDuration(Duration::from_millis(100)),
             retry_max: HumanDuration(Duration::from_secs(30)),
+            max_attempts: 0,
+            max_deliveries: 10,
         }
     }
 }
@@ -457,7 +470,15 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("out"))
     }
 
-    /// The WAL directory.
+    /// The dead-letter file sink's directory.
+    pub fn dead_letter_dir(&self) -> PathBuf {
+        self.dead_letter
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("dead"))
+    }
+
+    /// The WAL's directory.
     pub fn wal_dir(&self) -> PathBuf {
         self.data_dir.join("wal")
     }

@@ -180,6 +180,8 @@ impl Node {
                     // Deliver the backlog before exiting (within the grace): a node taken out
                     // of service must not strand accepted events in its local log.
                     drain_on_shutdown: true,
+                    max_attempts: config.processor.max_attempts,
+                    max_deliveries: config.processor.max_deliveries,
                 },
             )
         });

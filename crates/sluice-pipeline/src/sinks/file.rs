@@ -83,9 +83,7 @@ impl Sink for FileSink {
                 Ok(())
             })
             .await
-            .map_err(|e| SinkError::Retryable {
-                message: e.to_string(),
-            })?
+            .map_err(|e| SinkError::retryable(e.to_string()))?
         })
     }
 }
@@ -101,8 +99,8 @@ impl Inner {
             .clone();
         let mut slot = slot.lock().expect("file sink stream lock poisoned");
         let dir = self.root.join(stream);
-        let retry = |what: &str, e: std::io::Error| SinkError::Retryable {
-            message: format!("file sink: {what} under {}: {e}", dir.display()),
+        let retry = |what: &str, e: std::io::Error| {
+            SinkError::retryable(format!("file sink: {what} under {}: {e}", dir.display()))
         };
         if slot.is_none() {
             *slot = Some(StreamFile::open(&dir).map_err(|e| retry("opening", e))?);

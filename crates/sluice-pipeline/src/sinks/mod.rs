@@ -40,12 +40,8 @@ impl Sink for StdoutSink {
                 out.write_all(&buf).and_then(|()| out.flush())
             })
             .await
-            .map_err(|e| SinkError::Retryable {
-                message: e.to_string(),
-            })?
-            .map_err(|e| SinkError::Retryable {
-                message: format!("writing to stdout failed: {e}"),
-            })
+            .map_err(|e| SinkError::retryable(e.to_string()))?
+            .map_err(|e| SinkError::retryable(format!("writing to stdout failed: {e}")))
         })
     }
 }

@@ -180,9 +180,9 @@ impl Sink for FlakySink {
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
             self.failures.store(left - 1, Ordering::SeqCst);
-            return Box::pin(std::future::ready(Err(SinkError::Retryable {
-                message: "disk on fire".into(),
-            })));
+            return Box::pin(std::future::ready(Err(SinkError::retryable(
+                "disk on fire",
+            ))));
         }
         self.inner.deliver(events)
     }

@@ -3,11 +3,16 @@
 //! - [`MemoryQueue`]: bounded, lock-free, fastest, **not durable** (a crash loses what
 //!   it holds; acks mean "in memory").
 //! - [`WalQueue`]: the embedded write-ahead log, durable per its ack mode. The default.
+//! - `NatsQueue` (feature `nats`): NATS JetStream, shared by many processes.
 #![forbid(unsafe_code)]
 
 mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod tracker;
 mod wal;
 
 pub use memory::MemoryQueue;
+#[cfg(feature = "nats")]
+pub use nats::{NatsOptions, NatsQueue};
 pub use wal::{WalQueue, WalQueueOptions};

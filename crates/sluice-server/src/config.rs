@@ -15,10 +15,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod access;
+mod brokers;
 mod edge;
 mod human;
 
 pub use access::{AuthConfig, KeyConfig, LimitsConfig};
+pub use brokers::{broker_address, KafkaQueueConfig, NatsQueueConfig};
 pub use edge::{GatewayConfig, TlsConfig};
 pub use human::{ByteSize, HumanDuration};
 
@@ -102,6 +104,17 @@ pub enum QueueKind {
     Wal,
     /// Bounded memory: fastest, loses its contents on a crash.
     Memory,
+    /// NATS JetStream at `queue.url`: shared by many ingest and processor processes.
+    Nats,
+    /// Kafka at `queue.url`: shared by many ingest and processor processes.
+    Kafka,
+}
+
+impl QueueKind {
+    /// True for the queues that several processes can share.
+    pub fn is_broker(self) -> bool {
+        matches!(self, QueueKind::Nats | QueueKind::Kafka)
+    }
 }
 
 /// When an append counts as done, i.e. when the producer gets its 202.
@@ -118,11 +131,18 @@ pub enum AckMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// `wal` (default) or `memory`.
+    /// `wal` (default), `memory`, `nats` or `kafka`.
     pub kind: QueueKind,
+    /// The broker of `nats` / `kafka`: `nats://HOST:PORT`, `kafka://HOST:PORT[,HOST:PORT]`.
+    pub url: Option<String>,
+    /// JetStream layout and timeouts.
+    pub nats: NatsQueueConfig,
+    /// Kafka topic and consumer-group settings.
+    pub kafka: KafkaQueueConfig,
     /// `fsync` (default) or `write`; see the README's ack contract.
     pub ack: AckMode,
-    /// Most bytes the queue holds (WAL: on disk); appends past it get 429. Default `1 GiB`.
+    /// Most bytes the queue holds (WAL: on disk; NATS: the JetStream stream's
+    /// `max_bytes`; Kafka: the producer's buffer); appends past it get 429. Default `1 GiB`.
     pub max_bytes: ByteSize,
     /// Most events the memory queue holds. Default 1,000,000.
     pub max_events: usize,
@@ -187,6 +207,9 @@ pub struct ProcessorConfig {
     pub retry_initial: HumanDuration,
     /// Longest retry delay. Default `30s`.
     pub retry_max: HumanDuration,
+    /// The consumer group (Kafka) or durable consumer (JetStream) that processors
+    /// share; processors with the same group split the work. Default `processor`.
+    pub group: String,
     /// Sink attempts for one delivery before its events are dead-lettered; 0 (the
     /// default) retries a passing failure forever, holding the queue back instead.
     pub max_attempts: u32,
@@ -206,6 +229,12 @@ pub enum SinkKind {
     Stdout,
     /// Drops everything (benchmarks).
     Blackhole,
+    /// Publishes to NATS JetStream at `url`, on `<subject_prefix>.<stream>`.
+    Nats,
+    /// Produces to the Kafka topic `topic` at `url`.
+    Kafka,
+    /// POSTs NDJSON envelopes to `url`.
+    Http,
 }
 
 /// `[sink]`.
@@ -218,6 +247,22 @@ pub struct SinkConfig {
     pub dir: Option<PathBuf>,
     /// The file sink starts a new file past this size. Default `128 MiB`.
     pub max_file_bytes: ByteSize,
+    /// Where the `nats`, `kafka` and `http` sinks send: `nats://HOST:PORT`,
+    /// `kafka://HOST:PORT`, `http(s)://HOST/PATH`.
+    pub url: Option<String>,
+    /// NATS sink: subjects `<subject_prefix>.<stream>`. Default `sluice.out`.
+    pub subject_prefix: String,
+    /// NATS sink: a JetStream stream over those subjects, created if missing; unset
+    /// expects one to exist.
+    pub nats_stream: Option<String>,
+    /// Kafka sink: the topic. Default `sluice-out`.
+    pub topic: String,
+    /// HTTP sink: most POSTs in flight. Default 4.
+    pub concurrency: usize,
+    /// HTTP / NATS sink: longest wait for one request's answer. Default `10s`.
+    pub timeout: HumanDuration,
+    /// HTTP sink: gzip the bodies. Default false.
+    pub gzip: bool,
 }
 
 impl Default for Config {
@@ -247,6 +292,9 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             kind: QueueKind::Wal,
+            url: None,
+            nats: NatsQueueConfig::default(),
+            kafka: KafkaQueueConfig::default(),
             ack: AckMode::Fsync,
             max_bytes: ByteSize(1 << 30),
             max_events: 1_000_000,
@@ -278,6 +326,7 @@ impl Default for ProcessorConfig {
             batch_max_wait: HumanDuration(Duration::from_millis(20)),
             retry_initial: HumanDuration(Duration::from_millis(100)),
             retry_max: HumanDuration(Duration::from_secs(30)),
+            group: "processor".into(),
             max_attempts: 0,
             max_deliveries: 10,
         }
@@ -290,6 +339,13 @@ impl Default for SinkConfig {
             kind: SinkKind::File,
             dir: None,
             max_file_bytes: ByteSize(128 << 20),
+            url: None,
+            subject_prefix: "sluice.out".into(),
+            nats_stream: None,
+            topic: "sluice-out".into(),
+            concurrency: 4,
+            timeout: HumanDuration(Duration::from_secs(10)),
+            gzip: false,
         }
     }
 }
@@ -409,6 +465,29 @@ impl Config {
         nonzero("gateway.eject_after", self.gateway.eject_after as usize)?;
         self.auth.validate()?;
         self.limits.validate()?;
+        if self.queue.kind.is_broker() && self.queue.url.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "queue.url",
+                value: String::new(),
+                message: format!(
+                    "is required with queue.kind = {:?} (e.g. --queue nats://127.0.0.1:4222)",
+                    self.queue.kind
+                ),
+            });
+        }
+        for (key, sink) in [
+            ("sink.url", &self.sink),
+            ("dead_letter.url", &self.dead_letter),
+        ] {
+            let remote = matches!(sink.kind, SinkKind::Nats | SinkKind::Kafka | SinkKind::Http);
+            if remote && sink.url.is_none() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: String::new(),
+                    message: format!("is required with a {:?} sink", sink.kind),
+                });
+            }
+        }
         if self.auth.keys.is_empty()
             && !self.auth.allow_unauthenticated
             && !self.listen.ip().is_loopback()

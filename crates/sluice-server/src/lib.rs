@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod build;
 pub mod config;
 pub mod error;
 pub mod front;

@@ -58,6 +58,7 @@ pub struct Metrics {
     processor_in_flight: Gauge,
     sink_delivered: Family<Label, Counter>,
     sink_errors: Family<Label, Counter>,
+    dead_lettered: Family<Label, Counter>,
     /// Serialises scrapes: the sink counters are advanced from the processor's totals.
     render_lock: std::sync::Mutex<()>,
 }
@@ -194,6 +195,12 @@ impl Metrics {
             "Failed delivery attempts (each retried)",
             sink_errors.clone(),
         );
+        let dead_lettered = Family::<Label, Counter>::default();
+        r.register(
+            "sluice_dead_lettered_events",
+            "Events the sink refused for good (or that ran out of attempts), sent to the dead-letter sink",
+            dead_lettered.clone(),
+        );
         Metrics {
             registry: r,
             events_accepted,
@@ -216,6 +223,7 @@ impl Metrics {
             processor_in_flight,
             sink_delivered,
             sink_errors,
+            dead_lettered,
             render_lock: std::sync::Mutex::new(()),
         }
     }
@@ -253,6 +261,10 @@ impl Metrics {
         advance(
             &self.sink_errors.get_or_create(&[("sink", sink)]),
             processor.delivery_errors.load(Ordering::Relaxed),
+        );
+        advance(
+            &self.dead_lettered.get_or_create(&[("sink", sink)]),
+            processor.dead_lettered_events.load(Ordering::Relaxed),
         );
         let mut out = String::with_capacity(8192);
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

@@ -12,19 +12,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_core::{Queue, Sink};
-use sluice_pipeline::sinks::{BlackholeSink, FileSink, StdoutSink};
+use sluice_pipeline::sinks::BlackholeSink;
 use sluice_pipeline::{Processor, ProcessorOptions};
-use sluice_queue::{MemoryQueue, WalQueue, WalQueueOptions};
-use sluice_wal::{SyncMode, WalOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AckMode, Config, QueueKind, SinkKind};
+use crate::config::Config;
 use crate::front::IngestState;
 use crate::http::admin::{self, AdminState};
 use crate::http::{serve, Listener};
-use crate::metrics::{Metrics, WalMetrics};
+use crate::metrics::Metrics;
 use crate::tls::{TlsError, TlsReloader};
 
 /// Why a node could not start.
@@ -43,6 +41,9 @@ pub enum StartError {
     /// The TLS certificate, key or client CA could not be loaded.
     #[error("loading TLS certificates")]
     Tls(#[source] TlsError),
+    /// The broker queue or a broker sink could not be reached or set up.
+    #[error("{0}")]
+    Broker(String),
     /// A listener could not bind.
     #[error("binding {key} = {addr}")]
     Bind {
@@ -76,11 +77,29 @@ pub enum Role {
     Serve,
     /// `sluice gateway`: the front door only, forwarding to `gateway.upstreams`.
     Gateway,
+    /// `sluice ingest`: HTTP and gRPC into a shared broker queue; no processor.
+    Ingest,
+    /// `sluice process`: the processor on a shared broker queue, and the admin
+    /// listener; no ingest listener.
+    Process,
+}
+
+impl Role {
+    /// The subcommand that runs this role.
+    pub fn command(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Gateway => "gateway",
+            Role::Ingest => "ingest",
+            Role::Process => "process",
+        }
+    }
 }
 
 /// A running `sluice serve`.
 pub struct Node {
-    /// The bound ingest address (useful with port 0).
+    /// The bound ingest address (useful with port 0); for `sluice process`, which has
+    /// no ingest listener, the admin address.
     pub http_addr: SocketAddr,
     /// The bound admin address.
     pub admin_addr: SocketAddr,
@@ -92,64 +111,48 @@ impl Node {
     /// Opens the queue, binds the listeners and starts every role.
     pub async fn start(config: Config, opts: NodeOptions) -> Result<Node, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let queue: Arc<dyn Queue> = match (opts.role, config.queue.kind) {
-            (Role::Gateway, _) => {
+        if matches!(opts.role, Role::Ingest | Role::Process) && !config.queue.kind.is_broker() {
+            return Err(StartError::Broker(format!(
+                "`sluice {}` runs apart from its {}, which needs a shared broker queue \
+                 (--queue nats://HOST:PORT or kafka://HOST:PORT), not queue.kind = {:?}",
+                opts.role.command(),
+                if opts.role == Role::Ingest {
+                    "processors"
+                } else {
+                    "ingest nodes"
+                },
+                config.queue.kind
+            )));
+        }
+        let queue: Arc<dyn Queue> = match opts.role {
+            Role::Gateway => {
                 crate::gateway::Upstreams::start(config.gateway.clone(), metrics.clone())
                     .map_err(StartError::Gateway)?
             }
-            (Role::Serve, QueueKind::Memory) => Arc::new(MemoryQueue::new(
-                config.queue.max_events,
-                config.queue.max_bytes.0,
-            )),
-            (Role::Serve, QueueKind::Wal) => {
-                let dir = config.wal_dir();
-                let wal_opts = WalQueueOptions {
-                    wal: WalOptions {
-                        segment_bytes: config.queue.segment_bytes.0,
-                        max_bytes: config.queue.max_bytes.0,
-                        max_record_bytes: config.queue.segment_bytes.0 / 2,
-                        sync: match config.queue.ack {
-                            AckMode::Fsync => SyncMode::Fsync,
-                            AckMode::Write => SyncMode::Write,
-                        },
-                        observer: Some(Arc::new(WalMetrics(metrics.clone()))),
-                    },
-                    checkpoint_interval: config.queue.checkpoint_interval.0,
-                    ..WalQueueOptions::default()
-                };
-                let d = dir.clone();
-                let opened = tokio::task::spawn_blocking(move || WalQueue::open(&d, wal_opts))
-                    .await
-                    .expect("opening the WAL panicked");
-                let (q, recovery) = opened.map_err(|source| StartError::Wal {
-                    dir: dir.clone(),
-                    source,
-                })?;
-                tracing::info!(dir = %dir.display(), ?recovery, "write-ahead log opened");
-                Arc::new(q)
-            }
+            _ => crate::build::open_queue(&config, &metrics).await?,
         };
         let queue = match opts.wrap_queue {
             Some(wrap) => wrap(queue),
             None => queue,
         };
+        let processes = matches!(opts.role, Role::Serve | Role::Process);
         let (sink, sink_name): (Arc<dyn Sink>, &'static str) = match opts.sink {
             Some(s) => {
                 let name = s.name();
                 (s, name)
             }
-            None if opts.role == Role::Gateway => (Arc::new(BlackholeSink::default()), "none"),
-            None => match config.sink.kind {
-                SinkKind::File => (
-                    Arc::new(FileSink::new(
-                        config.sink_dir(),
-                        config.sink.max_file_bytes.0,
-                    )),
-                    "file",
-                ),
-                SinkKind::Stdout => (Arc::new(StdoutSink), "stdout"),
-                SinkKind::Blackhole => (Arc::new(BlackholeSink::default()), "blackhole"),
-            },
+            None if !processes => (Arc::new(BlackholeSink::default()), "none"),
+            None => {
+                let s = crate::build::build_sink(&config.sink, config.sink_dir()).await?;
+                let name = s.name();
+                (s, name)
+            }
+        };
+        let dead_letter = match processes {
+            true => {
+                Some(crate::build::build_sink(&config.dead_letter, config.dead_letter_dir()).await?)
+            }
+            false => None,
         };
 
         let bind = |key: &'static str, addr: SocketAddr| async move {
@@ -157,17 +160,21 @@ impl Node {
                 .await
                 .map_err(|source| StartError::Bind { key, addr, source })
         };
-        let http_listener = bind("listen", config.listen).await?;
+        // `sluice process` takes no ingest traffic: it binds only the admin listener.
+        let http_listener = match opts.role {
+            Role::Process => None,
+            _ => Some(bind("listen", config.listen).await?),
+        };
         let admin_listener = bind("admin_listen", config.admin_listen).await?;
         let http_addr = http_listener
-            .local_addr()
-            .expect("bound socket has an address");
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound socket has an address"));
         let admin_addr = admin_listener
             .local_addr()
             .expect("bound socket has an address");
 
-        let processor = (opts.role == Role::Serve).then(|| {
-            Processor::new(
+        let processor = processes.then(|| {
+            let p = Processor::new(
                 queue.clone(),
                 sink,
                 ProcessorOptions {
@@ -176,14 +183,20 @@ impl Node {
                     batch_max_wait: config.processor.batch_max_wait.0,
                     retry_initial: config.processor.retry_initial.0,
                     retry_max: config.processor.retry_max.0,
-                    consumer: "processor".into(),
-                    // Deliver the backlog before exiting (within the grace): a node taken out
-                    // of service must not strand accepted events in its local log.
-                    drain_on_shutdown: true,
+                    consumer: config.processor.group.clone(),
+                    // Deliver the backlog before exiting (within the grace): a node taken
+                    // out of service must not strand accepted events in its local log. A
+                    // broker queue is shared, so its backlog is left to the other
+                    // processors.
+                    drain_on_shutdown: !config.queue.kind.is_broker(),
                     max_attempts: config.processor.max_attempts,
                     max_deliveries: config.processor.max_deliveries,
                 },
-            )
+            );
+            match dead_letter {
+                Some(d) => p.with_dead_letter(d),
+                None => p,
+            }
         });
         let processor_stats = processor
             .as_ref()
@@ -227,12 +240,11 @@ impl Node {
 
         let ingest_stop = CancellationToken::new();
         let grpc = crate::grpc::service(ingest_state.clone(), config.grpc.window);
-        let ingest_task = tokio::spawn(serve(
-            http_listener,
-            ingest_listener,
-            ingest_stop.clone(),
-            move |req| crate::http::route(ingest_state.clone(), grpc.clone(), req),
-        ));
+        let ingest_task = http_listener.map(|l| {
+            tokio::spawn(serve(l, ingest_listener, ingest_stop.clone(), move |req| {
+                crate::http::route(ingest_state.clone(), grpc.clone(), req)
+            }))
+        });
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(serve(
             admin_listener,
@@ -260,7 +272,7 @@ impl Node {
 
         tracing::info!(
             role = ?opts.role,
-            listen = %http_addr,
+            listen = ?http_addr,
             admin = %admin_addr,
             queue = ?config.queue.kind,
             ack = ?config.queue.ack,
@@ -278,7 +290,9 @@ impl Node {
                 // Requests meanwhile get 503 + Retry-After (the handler sees `shutdown`).
                 tokio::time::sleep(drain_delay).await;
                 ingest_stop.cancel();
-                let _ = ingest_task.await;
+                if let Some(task) = ingest_task {
+                    let _ = task.await;
+                }
                 processor_stop.cancel();
                 if let Some(task) = processor_task {
                     tracing::info!("ingest drained; stopping the processor");
@@ -303,7 +317,7 @@ impl Node {
             clean
         });
         Ok(Node {
-            http_addr,
+            http_addr: http_addr.unwrap_or(admin_addr),
             admin_addr,
             shutdown,
             done,

@@ -31,6 +31,12 @@ enum Cmd {
     /// Run the edge gateway: TLS, auth, limits and the HTTP/gRPC API, forwarding every
     /// request to ingest nodes (`sluice serve`) over pooled gRPC connections.
     Gateway(Box<GatewayArgs>),
+    /// Run the ingest role alone: HTTP and gRPC into a shared broker queue
+    /// (`--queue nats://HOST:PORT` or `kafka://HOST:PORT`); processors run apart.
+    Ingest(Box<ServeArgs>),
+    /// Run the processor role alone: consume a shared broker queue as one member of
+    /// `processor.group` and deliver to the sink. Serves only the admin listener.
+    Process(Box<ServeArgs>),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -75,13 +81,15 @@ struct ServeArgs {
     /// Data directory for the WAL and the file sink [default: ./sluice-data].
     #[arg(long)]
     data_dir: Option<String>,
-    /// Queue backend: wal (durable, default) or memory (not durable).
+    /// Queue: wal (durable, default), memory (not durable), or a shared broker,
+    /// nats://HOST:PORT (JetStream) or kafka://HOST:PORT[,HOST:PORT].
     #[arg(long)]
     queue: Option<String>,
     /// When a 202 is sent: fsync (default; survives power loss) or write (survives a crash of sluice).
     #[arg(long)]
     ack: Option<String>,
-    /// Sink: file (default), stdout or blackhole.
+    /// Sink: file (default), stdout, blackhole, or a URL: nats://HOST:PORT,
+    /// kafka://HOST:PORT, http(s)://HOST/PATH.
     #[arg(long)]
     sink: Option<String>,
     /// Log format: text (default) or json.
@@ -169,6 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve(args) => serve(*args, Vec::new(), Role::Serve),
+        Cmd::Ingest(args) => serve(*args, Vec::new(), Role::Ingest),
+        Cmd::Process(args) => serve(*args, Vec::new(), Role::Process),
         Cmd::Gateway(args) => {
             let extra = args
                 .upstream
@@ -248,9 +258,7 @@ fn serve(
         ("listen", args.listen),
         ("admin_listen", args.admin_listen),
         ("data_dir", args.data_dir),
-        ("queue.kind", args.queue),
         ("queue.ack", args.ack),
-        ("sink.kind", args.sink),
         ("log_format", args.log_format),
         ("tls.cert", args.tls_cert),
         ("tls.key", args.tls_key),
@@ -262,6 +270,13 @@ fn serve(
     ] {
         if let Some(v) = value {
             flags.push((key.to_string(), v));
+        }
+    }
+    for (section, value) in [("queue", args.queue), ("sink", args.sink)] {
+        if let Some(v) = value {
+            let (kind, url) = sluice_server::build::kind_and_url(&v);
+            flags.push((format!("{section}.kind"), kind));
+            flags.extend(url.map(|u| (format!("{section}.url"), u)));
         }
     }
     let config = Config::load(Sources {

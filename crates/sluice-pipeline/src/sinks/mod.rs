@@ -4,10 +4,15 @@
 //!   fsynced before the delivery counts.
 //! - [`StdoutSink`]: NDJSON envelopes on standard output.
 //! - [`BlackholeSink`]: counts and drops (benchmarks).
+//! - `NatsSink` (feature `nats`): publishes to NATS JetStream.
 
 mod file;
+#[cfg(feature = "nats")]
+mod nats;
 
 pub use file::FileSink;
+#[cfg(feature = "nats")]
+pub use nats::{NatsSink, NatsSinkOptions};
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

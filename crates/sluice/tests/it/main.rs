@@ -3,11 +3,13 @@
 
 mod auth;
 mod backpressure;
+mod brokers;
 mod cli;
 mod crash;
 mod gateway;
 mod grpc;
 mod ingest;
 mod limits;
+mod nats;
 mod support;
 mod tls;

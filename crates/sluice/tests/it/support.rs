@@ -265,13 +265,24 @@ pub async fn spawn_serve(
     admin: SocketAddr,
     extra: &[&str],
 ) -> Served {
+    spawn_role("serve", data, http, admin, extra).await
+}
+
+/// Starts `sluice <role>` (serve, ingest, process) like [`spawn_serve`].
+pub async fn spawn_role(
+    role: &str,
+    data: &Path,
+    http: SocketAddr,
+    admin: SocketAddr,
+    extra: &[&str],
+) -> Served {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(data.with_extension("log"))
         .unwrap();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--listen", &http.to_string()])
+        .args([role, "--listen", &http.to_string()])
         .args(["--admin-listen", &admin.to_string()])
         .args([
             "--data-dir",
@@ -301,7 +312,7 @@ pub async fn spawn_serve(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!(
-        "sluice serve did not become healthy; see {}",
+        "sluice {role} did not become healthy; see {}",
         data.with_extension("log").display()
     );
 }

@@ -1,0 +1,536 @@
+//! [`NatsQueue`]: NATS JetStream as the queue, shared by any number of ingest and
+//! processor processes.
+//!
+//! ```text
+//!  ingest ──publish, wait for the JetStream ack──▶ stream SLUICE
+//!                                                  subjects sluice.events.<stream>
+//!                                                  retention work-queue, discard new
+//!  processor ◀──pull (durable consumer "processor", explicit acks)──┘
+//! ```
+//!
+//! - **Layout.** One JetStream stream (`stream`, default `SLUICE`) holds every sluice
+//!   stream; an event of stream `clicks` is published on `sluice.events.clicks`
+//!   (`subject_prefix`). Each event is one message: the payload verbatim, the other
+//!   fields in headers ([`sluice_proto::broker`]), and `Nats-Msg-Id` = the event id.
+//! - **Acks.** `append` publishes every event and resolves once JetStream has acked
+//!   each one (stored on `replicas` servers; on disk per the server's `sync_interval`).
+//!   A batch is not atomic in JetStream: when some publishes fail the producer gets
+//!   503 and retries, and the duplicate window (`Nats-Msg-Id`) drops the events that
+//!   were already stored, so a retried request is stored once.
+//! - **Bounds.** The stream has `max_bytes` and discards *new* messages when full:
+//!   the producer gets 429. Work-queue retention deletes each message once it is
+//!   acked, so the bound is on what is not yet processed.
+//! - **Consumers.** Every processor with the same consumer name pulls from one
+//!   durable consumer, so they share the work. A delivery is acked only on
+//!   [`Consumer::commit`], after the sink has it; while a delivery is held the consumer
+//!   sends progress acks, so a slow or retrying sink does not trigger redelivery, but a
+//!   processor that dies leaves its messages to be redelivered to the others after
+//!   `ack_wait`. Deliveries report JetStream's per-message delivery count, which the
+//!   processor compares with its `max_deliveries` to dead-letter poison events.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, Subject};
+use futures_util::StreamExt;
+use sluice_core::{
+    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, Queue, QueueStats,
+};
+use sluice_proto::broker;
+
+/// How to reach and lay out the JetStream stream.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Server URL(s), e.g. `nats://127.0.0.1:4222` (comma-separated for a cluster).
+    pub url: String,
+    /// The JetStream stream; default `SLUICE`.
+    pub stream: String,
+    /// Events of stream `s` go to `<subject_prefix>.s`; default `sluice.events`.
+    pub subject_prefix: String,
+    /// The stream's byte bound; publishes past it are refused (429). Default 1 GiB.
+    pub max_bytes: u64,
+    /// Copies JetStream keeps (a cluster); default 1.
+    pub replicas: usize,
+    /// How long JetStream remembers message ids for deduplication; default 2 min.
+    pub duplicate_window: Duration,
+    /// A delivery not acked (nor kept alive) for this long is redelivered; default 30 s.
+    pub ack_wait: Duration,
+    /// Longest wait for the JetStream acks of one append; default 5 s.
+    pub publish_timeout: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "SLUICE".into(),
+            subject_prefix: "sluice.events".into(),
+            max_bytes: 1 << 30,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            ack_wait: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Connects with a bounded wait for the first connection; afterwards the client
+/// reconnects by itself, forever.
+pub async fn connect_client(url: &str, timeout: Duration) -> Result<async_nats::Client, String> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(timeout)
+        .name("sluice")
+        .connect(url)
+        .await
+        .map_err(|e| format!("connecting to NATS at {url}: {e}"))
+}
+
+/// The subject of stream `name` under `prefix`. Stream names may hold dots, which
+/// NATS reads as token separators; empty tokens (`a..b`, a leading dot) would make
+/// an invalid subject, so they become `_`. The exact name travels in a header.
+pub fn subject_for(prefix: &str, name: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 1 + name.len());
+    s.push_str(prefix);
+    for token in name.split('.') {
+        s.push('.');
+        s.push_str(if token.is_empty() { "_" } else { token });
+    }
+    s
+}
+
+/// The headers of one event's message, including `Nats-Msg-Id`. NATS header names
+/// are visible ASCII without `:` and values hold no line breaks; an event header that
+/// breaks those rules (possible over gRPC) has the offending characters replaced by
+/// `_` (names) or a blank (values) rather than failing the request.
+pub fn message_headers(event: &Event) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in broker::headers(event) {
+        let name_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        let name = match name_ok {
+            true => std::borrow::Cow::Borrowed(k),
+            false => std::borrow::Cow::Owned(
+                k.chars()
+                    .map(|c| match c.is_ascii_graphic() && c != ':' {
+                        true => c,
+                        false => '_',
+                    })
+                    .collect::<String>(),
+            ),
+        };
+        let name = if name.is_empty() { "_".into() } else { name };
+        match v.contains(['\r', '\n']) {
+            false => h.append(name.as_ref(), v.as_ref()),
+            true => h.append(name.as_ref(), v.replace(['\r', '\n'], " ")),
+        }
+    }
+    h.insert("Nats-Msg-Id", event.id.as_str());
+    h
+}
+
+/// Rebuilds an event from a message.
+pub fn decode_message(m: &async_nats::Message) -> Result<Event, broker::DecodeError> {
+    let pairs = m.headers.iter().flat_map(|h| {
+        h.iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_ref(), v.as_str())))
+    });
+    broker::decode(pairs, |n| n.starts_with("Nats-"), m.payload.clone())
+}
+
+/// NATS JetStream behind the [`Queue`] trait. See the module docs.
+pub struct NatsQueue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    opts: NatsOptions,
+    depth: Arc<Depth>,
+    closed: AtomicBool,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+/// The stream's figures, refreshed in the background (stats() cannot wait).
+#[derive(Default)]
+struct Depth {
+    events: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl NatsQueue {
+    /// Connects and creates the stream (and nothing else) if it does not exist.
+    pub async fn connect(opts: NatsOptions) -> Result<NatsQueue, String> {
+        let client = connect_client(&opts.url, Duration::from_secs(5)).await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(opts.publish_timeout)
+            .ack_timeout(opts.publish_timeout)
+            .build(client.clone());
+        let created = ensure_stream(&js, &opts).await?;
+        let depth = Arc::new(Depth::default());
+        let refresher = tokio::spawn(refresh(created, depth.clone()));
+        Ok(NatsQueue {
+            client,
+            js,
+            opts,
+            depth,
+            closed: AtomicBool::new(false),
+            refresher,
+        })
+    }
+
+    async fn publish_all(&self, batch: &Batch) -> Result<(), AppendError> {
+        let mut acks = Vec::with_capacity(batch.events.len());
+        for e in &batch.events {
+            let subject = subject_for(&self.opts.subject_prefix, &e.stream);
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(e.payload.clone())
+                .headers(message_headers(e));
+            let ack = self
+                .js
+                .send_publish(subject, msg)
+                .await
+                .map_err(publish_error)?;
+            acks.push(std::future::IntoFuture::into_future(ack));
+        }
+        for r in futures_util::future::join_all(acks).await {
+            r.map_err(publish_error)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NatsQueue {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+/// Gets the stream, creating it (work-queue retention, discard new) when missing.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    opts: &NatsOptions,
+) -> Result<stream::Stream, String> {
+    js.get_or_create_stream(stream::Config {
+        name: opts.stream.clone(),
+        subjects: vec![format!("{}.>", opts.subject_prefix)],
+        retention: stream::RetentionPolicy::WorkQueue,
+        discard: stream::DiscardPolicy::New,
+        max_bytes: opts.max_bytes.min(i64::MAX as u64) as i64,
+        storage: stream::StorageType::File,
+        num_replicas: opts.replicas,
+        duplicate_window: opts.duplicate_window,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("creating JetStream stream {}: {e}", opts.stream))
+}
+
+/// Keeps [`Depth`] current from the stream's info, once a second.
+async fn refresh(stream: stream::Stream, depth: Arc<Depth>) {
+    loop {
+        if let Ok(info) = stream.get_info().await {
+            depth.events.store(info.state.messages, Ordering::Relaxed);
+            depth.bytes.store(info.state.bytes, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A refused publish: the stream at its bound is "full" (429); anything else (server
+/// away, timeout) is a backend failure (503).
+fn publish_error(e: impl std::fmt::Display) -> AppendError {
+    let message = e.to_string();
+    if message.contains("maximum bytes exceeded") || message.contains("maximum messages exceeded") {
+        return AppendError::Full {
+            batch: Box::new(Batch::default()),
+            reason: format!("JetStream stream is at its limit: {message}"),
+            retry_after: Duration::from_secs(1),
+        };
+    }
+    AppendError::Backend {
+        message: format!("JetStream publish failed: {message}"),
+    }
+}
+
+impl Queue for NatsQueue {
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
+        Box::pin(async move {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(AppendError::ShuttingDown);
+            }
+            // One deadline for the whole batch: while the server is away the client
+            // buffers publishes, and the producer must hear 503 in bounded time.
+            match tokio::time::timeout(self.opts.publish_timeout, self.publish_all(&batch)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(AppendError::Full {
+                    reason,
+                    retry_after,
+                    ..
+                })) => Err(AppendError::Full {
+                    batch: Box::new(batch),
+                    reason,
+                    retry_after,
+                }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(AppendError::Backend {
+                    message: format!(
+                        "JetStream did not ack within {:?} (server {} unreachable?)",
+                        self.opts.publish_timeout, self.opts.url
+                    ),
+                }),
+            }
+        })
+    }
+
+    fn consumer(&self, name: &str) -> Result<Box<dyn Consumer>, ConsumeError> {
+        Ok(Box::new(NatsConsumer::new(
+            self.client.clone(),
+            self.js.clone(),
+            self.opts.clone(),
+            name,
+        )))
+    }
+
+    fn stats(&self) -> QueueStats {
+        QueueStats {
+            depth_events: self.depth.events.load(Ordering::Relaxed),
+            depth_bytes: self.depth.bytes.load(Ordering::Relaxed),
+            capacity_bytes: self.opts.max_bytes,
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        Box::pin(async move {
+            self.closed.store(true, Ordering::Release);
+            self.client
+                .flush()
+                .await
+                .map_err(|e| ConsumeError::Backend {
+                    message: format!("flushing the NATS connection: {e}"),
+                })
+        })
+    }
+}
+
+/// Deliveries handed out and not yet committed: their ack subjects, and since when.
+type Outstanding = Mutex<HashMap<u64, (Vec<Subject>, Instant)>>;
+
+/// One durable pull consumer, shared by every processor with the same name.
+struct NatsConsumer {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    opts: NatsOptions,
+    name: String,
+    /// The consumer handle, made on the first poll (the server may be away at start).
+    pull: tokio::sync::Mutex<Option<consumer::PullConsumer>>,
+    outstanding: Arc<Outstanding>,
+    next_token: AtomicU64,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl NatsConsumer {
+    fn new(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        opts: NatsOptions,
+        name: &str,
+    ) -> NatsConsumer {
+        let outstanding = Arc::new(Outstanding::default());
+        let keepalive = tokio::spawn(keep_alive(
+            client.clone(),
+            outstanding.clone(),
+            opts.ack_wait / 3,
+        ));
+        NatsConsumer {
+            client,
+            js,
+            opts,
+            name: name.to_string(),
+            pull: tokio::sync::Mutex::new(None),
+            outstanding,
+            next_token: AtomicU64::new(1),
+            keepalive,
+        }
+    }
+
+    async fn pull(&self) -> Result<consumer::PullConsumer, ConsumeError> {
+        let mut slot = self.pull.lock().await;
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let backend = |e: String| ConsumeError::Backend { message: e };
+        let stream = ensure_stream(&self.js, &self.opts).await.map_err(backend)?;
+        let c = stream
+            .get_or_create_consumer(
+                &self.name,
+                consumer::pull::Config {
+                    durable_name: Some(self.name.clone()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.opts.ack_wait,
+                    // Unlimited: the processor dead-letters by delivery count, so a
+                    // message is never silently abandoned by the server.
+                    max_deliver: -1,
+                    max_ack_pending: 1_000_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| backend(format!("creating JetStream consumer {}: {e}", self.name)))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}
+
+impl Drop for NatsConsumer {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+/// Sends "work in progress" for deliveries held longer than `every`, so JetStream
+/// does not redeliver events a live processor is still working on.
+async fn keep_alive(client: async_nats::Client, outstanding: Arc<Outstanding>, every: Duration) {
+    let every = every.max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let due: Vec<Subject> = {
+            let map = outstanding.lock().expect("outstanding map poisoned");
+            map.values()
+                .filter(|(_, since)| since.elapsed() >= every)
+                .flat_map(|(subjects, _)| subjects.iter().cloned())
+                .collect()
+        };
+        for s in due {
+            let _ = client.publish(s, "+WPI".into()).await;
+        }
+    }
+}
+
+impl Consumer for NatsConsumer {
+    fn poll(
+        &self,
+        max_events: usize,
+        max_wait: Duration,
+    ) -> BoxFuture<'_, Result<Option<Delivery>, ConsumeError>> {
+        Box::pin(async move {
+            let pull = self.pull().await?;
+            let backend = |e: String| ConsumeError::Backend { message: e };
+            // A pull that outlived ack_wait would collect redeliveries of its own
+            // messages, so it ends well before.
+            let expires = max_wait
+                .min(self.opts.ack_wait / 2)
+                .max(Duration::from_millis(10));
+            let mut batch = pull
+                .batch()
+                .max_messages(max_events.max(1))
+                .expires(expires)
+                .messages()
+                .await
+                .map_err(|e| backend(format!("pulling from JetStream: {e}")))?;
+            let (mut events, mut attempts, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| backend(format!("pulling from JetStream: {e}")))?;
+                let delivered = m.info().map_or(1, |i| i.delivered.max(1) as u32);
+                let (m, acker_reply) = {
+                    let reply = m.reply.clone();
+                    (m.split().0, reply)
+                };
+                let Some(reply) = acker_reply else { continue };
+                match decode_message(&m) {
+                    Ok(e) => {
+                        events.push(e);
+                        attempts.push(delivered);
+                        replies.push(reply);
+                    }
+                    Err(e) => {
+                        // Not a sluice event (someone else published on our subjects):
+                        // there is nothing to deliver; ack it away, loudly.
+                        tracing::error!(subject = %m.subject, error = %e, "dropping a foreign message from the JetStream stream");
+                        let _ = self.client.publish(reply, "".into()).await;
+                    }
+                }
+            }
+            if events.is_empty() {
+                return Ok(None);
+            }
+            let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+            self.outstanding
+                .lock()
+                .expect("outstanding map poisoned")
+                .insert(token, (replies, Instant::now()));
+            Ok(Some(Delivery {
+                events,
+                token,
+                attempts,
+            }))
+        })
+    }
+
+    fn commit(&self, token: u64) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        Box::pin(async move {
+            let replies = self
+                .outstanding
+                .lock()
+                .expect("outstanding map poisoned")
+                .remove(&token)
+                .map(|(r, _)| r)
+                .unwrap_or_default();
+            for r in replies {
+                self.client
+                    .publish(r, "".into())
+                    .await
+                    .map_err(|e| ConsumeError::Backend {
+                        message: format!("acking to JetStream: {e}"),
+                    })?;
+            }
+            // The acks leave now; one lost to a crash means a redelivery, never a loss.
+            self.client
+                .flush()
+                .await
+                .map_err(|e| ConsumeError::Backend {
+                    message: format!("flushing acks to JetStream: {e}"),
+                })
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        Box::pin(async move {
+            self.client
+                .flush()
+                .await
+                .map_err(|e| ConsumeError::Backend {
+                    message: format!("flushing acks to JetStream: {e}"),
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_event_headers_become_valid_nats_headers() {
+        let mut e = Event::new("s", &b"{}"[..]);
+        e.headers = vec![
+            ("a:b c".into(), "x\r\ny".into()),
+            (String::new(), "v".into()),
+        ];
+        let h = message_headers(&e);
+        assert_eq!(h.get("a_b_c").map(|v| v.as_str()), Some("x  y"));
+        assert_eq!(h.get("_").map(|v| v.as_str()), Some("v"));
+        assert_eq!(
+            h.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some(e.id.as_str())
+        );
+    }
+
+    #[test]
+    fn subjects_never_have_empty_tokens() {
+        assert_eq!(
+            subject_for("sluice.events", "clicks"),
+            "sluice.events.clicks"
+        );
+        assert_eq!(subject_for("p", "eu.clicks"), "p.eu.clicks");
+        assert_eq!(subject_for("p", ".a..b."), "p._.a._.b._");
+    }
+}

@@ -1,0 +1,382 @@
+//! Real brokers for the broker tests, and the scenarios every broker must pass.
+//!
+//! The binaries come from `scripts/test` (Debian's `nats-server`; `tansu` from
+//! crates.io). A missing binary fails the test under `CI=true` and skips it, with a
+//! notice, elsewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+
+use crate::support::*;
+
+/// Finds a broker binary: `$env_var`, then `PATH`, then the given fallbacks.
+pub fn find_binary(name: &str, env_var: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .chain(fallbacks.iter().cloned())
+        .find(|p| p.is_file())
+}
+
+/// What to do when a broker binary is missing: fail under CI, skip elsewhere.
+pub fn missing(name: &str) -> Option<std::convert::Infallible> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{name} is not installed; `scripts/test` installs it (CI=true: a missing broker is a failure)");
+    }
+    eprintln!("SKIPPED: {name} is not installed; run `scripts/test` to install it");
+    None
+}
+
+/// A broker the scenarios can use, stop and start again on the same address.
+pub trait Broker: Send + Sync {
+    /// The `--queue` / `--sink` URL.
+    fn url(&self) -> String;
+    /// Kills the broker (SIGKILL).
+    fn stop(&mut self) -> impl std::future::Future<Output = ()> + Send;
+    /// Starts it again on the same address (and data).
+    fn start(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A `nats-server -js` on a free port with its store in a temp dir.
+pub struct NatsServer {
+    bin: PathBuf,
+    pub port: u16,
+    monitor: u16,
+    dir: tempfile::TempDir,
+    config: String,
+    child: Option<tokio::process::Child>,
+}
+
+impl NatsServer {
+    /// Starts one, or returns `None` (skip) when nats-server is missing outside CI.
+    pub async fn start() -> Option<NatsServer> {
+        NatsServer::start_with("").await
+    }
+
+    /// Starts one with extra server configuration (e.g. `max_payload: 2048`).
+    pub async fn start_with(config: &str) -> Option<NatsServer> {
+        let Some(bin) = find_binary(
+            "nats-server",
+            "NATS_SERVER_BIN",
+            &[PathBuf::from("/usr/sbin/nats-server")],
+        ) else {
+            missing("nats-server")?;
+            unreachable!()
+        };
+        let mut s = NatsServer {
+            bin,
+            port: free_addr().port(),
+            monitor: free_addr().port(),
+            dir: tempfile::tempdir().unwrap(),
+            config: config.to_string(),
+            child: None,
+        };
+        s.start().await;
+        Some(s)
+    }
+}
+
+impl Broker for NatsServer {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    async fn start(&mut self) {
+        let conf = self.dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "host: 127.0.0.1\nport: {}\nhttp_port: {}\njetstream {{ store_dir: {:?} }}\n{}\n",
+                self.port,
+                self.monitor,
+                self.dir.path().join("js"),
+                self.config
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).unwrap();
+        let child = tokio::process::Command::new(&self.bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let health = format!(
+            "http://127.0.0.1:{}/healthz?js-enabled-only=true",
+            self.monitor
+        );
+        let ready = wait_until_async(Duration::from_secs(20), || async {
+            matches!(Http::h1().request(hyper::Method::GET, &health, &[], "").await,
+                     Ok(a) if a.status == StatusCode::OK)
+        })
+        .await;
+        assert!(
+            ready,
+            "nats-server did not become healthy: {}",
+            std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+        );
+    }
+}
+
+/// Producers POSTing NDJSON bodies of unique events, round-robin over `targets`,
+/// remembering what was acked and which refusals they saw.
+pub struct Load {
+    pub acked: Arc<Mutex<BTreeSet<String>>>,
+    pub refused: Arc<Mutex<BTreeMap<u16, usize>>>,
+    /// A refusal without `Retry-After` (each 429/503 must carry one).
+    pub no_retry_after: Arc<Mutex<usize>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(targets: Vec<SocketAddr>, tasks: usize, tag: &str) -> Load {
+        let acked = Arc::new(Mutex::new(BTreeSet::new()));
+        let refused = Arc::new(Mutex::new(BTreeMap::new()));
+        let no_retry_after = Arc::new(Mutex::new(0));
+        let handles = (0..tasks)
+            .map(|task| {
+                let (acked, refused, nra) =
+                    (acked.clone(), refused.clone(), no_retry_after.clone());
+                let targets = targets.clone();
+                let tag = tag.to_string();
+                tokio::spawn(async move {
+                    let client = Http::h1();
+                    for seq in 0usize.. {
+                        let to = targets[(seq + task) % targets.len()];
+                        let url = format!("http://{to}/v1/streams/load/events");
+                        let n = 1 + (seq * 7 + task) % 20;
+                        let keys: Vec<String> = (0..n)
+                            .map(|i| format!("{tag}-t{task}-s{seq}-e{i}"))
+                            .collect();
+                        let body: String = keys
+                            .iter()
+                            .map(|k| format!("{{\"k\":\"{k}\"}}\n"))
+                            .collect();
+                        match client
+                            .request(hyper::Method::POST, &url, &[NDJSON], body)
+                            .await
+                        {
+                            Ok(a) if a.status == StatusCode::ACCEPTED => {
+                                acked.lock().unwrap().extend(keys)
+                            }
+                            Ok(a) => {
+                                *refused
+                                    .lock()
+                                    .unwrap()
+                                    .entry(a.status.as_u16())
+                                    .or_insert(0) += 1;
+                                if !a.headers.contains_key("retry-after") {
+                                    *nra.lock().unwrap() += 1;
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            acked,
+            refused,
+            no_retry_after,
+            tasks: handles,
+        }
+    }
+
+    /// Stops the producers; returns every acked key.
+    pub async fn stop(self) -> BTreeSet<String> {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.acked.lock().unwrap().clone()
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+/// Every delivered key (`data.k`) under the sink directories, with its count.
+pub fn delivered(dirs: &[PathBuf]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for d in dirs {
+        for line in sink_lines(d) {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("corrupt line in the sink ({e}): {line:?}"));
+            *m.entry(v["data"]["k"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Waits until every acked key is delivered (or `timeout`), asserts nothing was
+/// lost, and returns the number of duplicates.
+pub async fn assert_all_delivered(
+    dirs: &[PathBuf],
+    acked: &BTreeSet<String>,
+    timeout: Duration,
+) -> usize {
+    let end = Instant::now() + timeout;
+    let mut got = delivered(dirs);
+    while Instant::now() < end && !acked.iter().all(|k| got.contains_key(k)) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        got = delivered(dirs);
+    }
+    let lost: Vec<&String> = acked.iter().filter(|k| !got.contains_key(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged events were lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    got.values().map(|n| n - 1).sum()
+}
+
+/// The output directory of stream `load` under a data dir.
+pub fn out(data: &Path) -> PathBuf {
+    data.join("out").join("load")
+}
+
+/// HTTP ingest → broker → processor → file sink, in one `sluice serve`: every event
+/// of single-event and NDJSON requests arrives, byte for byte.
+pub async fn ingest_to_file(broker: &impl Broker, extra: &[(&str, &str)]) {
+    let url = broker.url();
+    let mut flags = vec![("queue.url", url.as_str())];
+    let kind = url.split("://").next().unwrap().to_string();
+    flags.push(("queue.kind", kind.as_str()));
+    flags.extend_from_slice(extra);
+    let node = start(&flags, Default::default()).await;
+    let http = Http::h1();
+    let mut want = BTreeSet::new();
+    for i in 0..50 {
+        let body = format!("{{\"k\":\"single-{i}\",\"pad\":\"é\\n\"}}");
+        let a = http.post(&node.events_url("load"), &[JSON], body).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+        want.insert(format!("single-{i}"));
+    }
+    for b in 0..5 {
+        let body: String = (0..1000)
+            .map(|i| format!("{{\"k\":\"batch-{b}-{i}\"}}\n"))
+            .collect();
+        let a = http.post(&node.events_url("load"), &[NDJSON], body).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+        assert_eq!(a.json()["accepted"], 1000);
+        want.extend((0..1000).map(|i| format!("batch-{b}-{i}")));
+    }
+    let dups = assert_all_delivered(&[node.out_dir("load")], &want, Duration::from_secs(60)).await;
+    let lines = sink_lines(&node.out_dir("load"));
+    let one = lines.iter().find(|l| l.contains("single-7")).unwrap();
+    assert_eq!(raw_data(one), "{\"k\":\"single-7\",\"pad\":\"é\\n\"}");
+    eprintln!("{} events delivered, {dups} duplicates", want.len());
+    let page = node.metrics().await;
+    assert!(
+        metric(&page, "sluice_sink_delivered_events_total{sink=\"file\"}") >= want.len() as f64
+    );
+    node.node.shutdown();
+    assert!(node.node.wait().await, "clean shutdown");
+}
+
+/// The broker killed and restarted under load: producers get 503 + Retry-After
+/// while it is away (never a 5xx without it), and every acked event is delivered.
+pub async fn broker_restart_under_load(broker: &mut impl Broker, extra: &[(&str, &str)]) {
+    let url = broker.url();
+    let kind = url.split("://").next().unwrap().to_string();
+    let mut flags = vec![("queue.url", url.as_str()), ("queue.kind", kind.as_str())];
+    flags.extend_from_slice(extra);
+    let node = start(&flags, Default::default()).await;
+    let load = Load::start(vec![node.node.http_addr], 8, "restart");
+    assert!(wait_until(Duration::from_secs(20), || load.acked_count() > 500).await);
+    broker.stop().await;
+    let before = load.acked_count();
+    let saw_503 = wait_until(Duration::from_secs(30), || {
+        load.refused.lock().unwrap().contains_key(&503)
+    })
+    .await;
+    assert!(saw_503, "no 503 while the broker was down");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.start().await;
+    assert!(
+        wait_until(Duration::from_secs(60), || load.acked_count()
+            > before + 500)
+        .await,
+        "ingest did not recover after the broker came back"
+    );
+    let refused = load.refused.lock().unwrap().clone();
+    let nra = *load.no_retry_after.lock().unwrap();
+    let acked = load.stop().await;
+    assert_eq!(nra, 0, "refusals without Retry-After: {refused:?}");
+    let dups = assert_all_delivered(&[node.out_dir("load")], &acked, Duration::from_secs(90)).await;
+    eprintln!(
+        "{} acked, refusals {refused:?}, {dups} duplicates",
+        acked.len()
+    );
+    node.node.shutdown();
+    node.node.wait().await;
+}
+
+/// The scale-out topology on loopback: 2 `sluice ingest` + 2 `sluice process` (one
+/// consumer group) + the broker. Both processors take part; one is SIGKILLed mid-run
+/// and the other finishes its work: every acked event is delivered.
+pub async fn scale_out(broker: &impl Broker, extra: &[&str]) {
+    let root = tempfile::tempdir().unwrap();
+    let url = broker.url();
+    let mut args = vec!["--queue", url.as_str()];
+    args.extend_from_slice(extra);
+    let mut ingests = Vec::new();
+    for i in 0..2 {
+        let d = root.path().join(format!("ingest-{i}"));
+        ingests.push(spawn_role("ingest", &d, free_addr(), free_addr(), &args).await);
+    }
+    let mut procs = Vec::new();
+    for i in 0..2 {
+        let d = root.path().join(format!("process-{i}"));
+        procs.push(spawn_role("process", &d, free_addr(), free_addr(), &args).await);
+    }
+    let dirs: Vec<PathBuf> = procs.iter().map(|p| out(&p.data)).collect();
+    let load = Load::start(ingests.iter().map(|s| s.http).collect(), 8, "scale");
+    // Both processors deliver something while both run.
+    let shared = wait_until(Duration::from_secs(60), || {
+        dirs.iter()
+            .all(|d| !delivered(std::slice::from_ref(d)).is_empty())
+    })
+    .await;
+    assert!(shared, "both processors should share the work");
+    let mut victim = procs.remove(0);
+    victim.child.kill().await.unwrap();
+    let at_kill = load.acked_count();
+    assert!(
+        wait_until(Duration::from_secs(30), || load.acked_count()
+            > at_kill + 2000)
+        .await
+    );
+    let acked = load.stop().await;
+    let dups = assert_all_delivered(&dirs, &acked, Duration::from_secs(120)).await;
+    eprintln!(
+        "{} acked through 2 ingest nodes, {dups} duplicates after the SIGKILL",
+        acked.len()
+    );
+}

@@ -1,0 +1,162 @@
+//! NATS JetStream as the queue and as a sink, against a real `nats-server -js`.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hyper::StatusCode;
+use sluice_core::{Batch, Event, Queue};
+use sluice_queue::{NatsOptions, NatsQueue};
+
+use crate::brokers::*;
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_ingest_through_jetstream_to_files() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    ingest_to_file(&nats, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_restarted_under_load_loses_no_acked_event() {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    broker_restart_under_load(&mut nats, &[("queue.nats.publish_timeout", "1s")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingest_two_processors_one_killed() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // A short ack wait, so the killed processor's deliveries come back quickly.
+    let conf = dir.path().join("sluice.toml");
+    std::fs::write(&conf, "[queue.nats]\nack_wait = \"3s\"\n").unwrap();
+    scale_out(&nats, &["--config", conf.to_str().unwrap()]).await;
+}
+
+/// A deliver-never-commit consumer sees the same events again after `ack_wait`, with
+/// the delivery count going up: what `processor.max_deliveries` acts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncommitted_deliveries_come_back_counted() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let q = NatsQueue::connect(NatsOptions {
+        url: nats.url(),
+        ack_wait: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let events: Vec<Event> = (0..10)
+        .map(|i| Event::new("s", format!("{{\"i\":{i}}}")))
+        .collect();
+    q.append(Batch::new(events.clone())).await.unwrap();
+    // The same ids again: JetStream's duplicate window drops them.
+    q.append(Batch::new(events.clone())).await.unwrap();
+    let c = q.consumer("g").unwrap();
+    // Longer than ack_wait: the poll must not hand out a redelivery of its own events.
+    let first = c.poll(100, Duration::from_secs(2)).await.unwrap().unwrap();
+    assert_eq!(first.events, events);
+    assert_eq!(first.attempts, vec![1; 10]);
+    drop(c);
+    let c = q.consumer("g").unwrap();
+    let again = c.poll(100, Duration::from_secs(5)).await.unwrap().unwrap();
+    assert_eq!(
+        again.events, events,
+        "redelivered after ack_wait, deduplicated"
+    );
+    assert_eq!(again.attempts, vec![2; 10]);
+    c.commit(again.token).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(c
+        .poll(100, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// The NATS sink against a server whose `max_payload` is 2 KiB: the two events over
+/// it land in the dead-letter files with the reason; the others are in JetStream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_nats_sink_refuses_are_dead_lettered() {
+    let (Some(queue), Some(sink)) = (
+        NatsServer::start().await,
+        NatsServer::start_with("max_payload: 2048").await,
+    ) else {
+        return;
+    };
+    let (qurl, surl) = (queue.url(), sink.url());
+    let node = start(
+        &[
+            ("queue.kind", "nats"),
+            ("queue.url", &qurl),
+            ("sink.kind", "nats"),
+            ("sink.url", &surl),
+            ("sink.nats_stream", "OUT"),
+        ],
+        Default::default(),
+    )
+    .await;
+    let big = "x".repeat(4000);
+    let body: String = (0..23)
+        .map(|i| match i % 8 {
+            7 => format!("{{\"k\":\"big-{i}\",\"pad\":\"{big}\"}}\n"),
+            _ => format!("{{\"k\":\"ok-{i}\"}}\n"),
+        })
+        .collect();
+    let a = Http::h1()
+        .post(&node.events_url("load"), &[NDJSON], body)
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    let dead_dir = node.dir.path().join("dead").join("load");
+    assert!(wait_until(Duration::from_secs(30), || sink_lines(&dead_dir).len() >= 2).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dead = sink_lines(&dead_dir);
+    let keys: Vec<String> = dead
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let reason = v["headers"]["sluice-dead-letter-reason"].as_str().unwrap();
+            assert!(reason.contains("max payload"), "{reason}");
+            assert_eq!(v["headers"]["sluice-dead-letter-sink"], "nats");
+            v["data"]["k"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(keys, ["big-7", "big-15"], "exactly the oversized events");
+    // The rest are in the sink's stream, each once.
+    let client = async_nats::connect(surl.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("OUT").await.unwrap();
+    assert!(
+        wait_until_async(Duration::from_secs(10), || {
+            let mut s = stream.clone();
+            async move { s.info().await.unwrap().state.messages == 21 }
+        })
+        .await
+    );
+    assert_eq!(stream.info().await.unwrap().state.messages, 21);
+    let page = node.metrics().await;
+    assert_eq!(
+        metric(&page, "sluice_dead_lettered_events_total{sink=\"nats\"}"),
+        2.0
+    );
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut msgs = consumer.fetch().max_messages(50).messages().await.unwrap();
+    let mut n = 0;
+    while let Some(m) = msgs.next().await {
+        let m = m.unwrap();
+        assert!(m.subject.as_str() == "sluice.out.load");
+        n += 1;
+    }
+    assert_eq!(n, 21);
+    node.node.shutdown();
+    node.node.wait().await;
+}

@@ -122,6 +122,22 @@ def run_case(name, ack, script, events_per_req, args, tmp):
         shutil.rmtree(data, ignore_errors=True)
 
 
+def write_scripts(scripts):
+    """The wrk scripts: one event per request, and an NDJSON body of 1,000 events."""
+    body = "".join('{"user":"u%d","action":"click","page":"/products/%d","ms":%d,"tags":["a","b"]}\n' % (i, i, i) for i in range(1000))
+    with open(os.path.join(scripts, "ndjson.body"), "w") as f:
+        f.write(body)
+    single = os.path.join(scripts, "single.lua")
+    with open(single, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                'wrk.body = \'{"user":"u1","action":"click","page":"/products/1","ms":1,"tags":["a","b"]}\'\n')
+    ndjson = os.path.join(scripts, "ndjson.lua")
+    with open(ndjson, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-ndjson"\n'
+                f'local f = io.open("{scripts}/ndjson.body", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
+    return single, ndjson
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=60)
@@ -137,17 +153,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="sluice-bench-", dir=os.environ.get("BENCH_DIR", "/tmp"))
     scripts = os.path.join(tmp, "scripts")
     os.makedirs(scripts)
-    body = "".join('{"user":"u%d","action":"click","page":"/products/%d","ms":%d,"tags":["a","b"]}\n' % (i, i, i) for i in range(1000))
-    with open(os.path.join(scripts, "ndjson.body"), "w") as f:
-        f.write(body)
-    single = os.path.join(scripts, "single.lua")
-    with open(single, "w") as f:
-        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                'wrk.body = \'{"user":"u1","action":"click","page":"/products/1","ms":1,"tags":["a","b"]}\'\n')
-    ndjson = os.path.join(scripts, "ndjson.lua")
-    with open(ndjson, "w") as f:
-        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-ndjson"\n'
-                f'local f = io.open("{scripts}/ndjson.body", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
+    single, ndjson = write_scripts(scripts)
     cases = {"single-fsync": ("fsync", single, 1), "single-write": ("write", single, 1),
              "ndjson-fsync": ("fsync", ndjson, 1000), "ndjson-write": ("write", ndjson, 1000)}
     results = {}

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""End-to-end throughput and ack latency through each queue, in one run:
+the embedded WAL, NATS JetStream and Kafka (tansu), for single-event POSTs and for
+NDJSON bodies of 1,000 events, measured at the sink (file sink, fsynced).
+
+Method: as bench/e2e.py (whose run_case this reuses): `sluice serve --queue Q` pinned
+to core 0, wrk pinned to core 1, a warm-up, then N runs of D seconds, the median run;
+throughput = events the sink delivered over the run (from /metrics), flagged when the
+queue backlog grew. The broker runs unpinned (it has no core of its own on a 2-core
+box), so broker figures include the broker's CPU competing with both.
+
+Usage: python3 bench/brokers.py [--duration 20] [--runs 3] [--queues wal,nats,kafka]
+Needs: wrk, nats-server and tansu (scripts/install-brokers), `cargo build --release`.
+"""
+import argparse, os, shutil, subprocess, sys, tempfile, time, socket
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e  # noqa: E402
+
+
+def which(name):
+    for d in os.environ.get("PATH", "").split(":") + ["/usr/sbin", os.path.expanduser("~/.cargo/bin")]:
+        p = os.path.join(d, name)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    sys.exit(f"{name} not found: run scripts/install-brokers")
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"broker on port {port} did not come up")
+
+
+def start_broker(kind, tmp):
+    port = e2e.free_port()
+    if kind == "nats":
+        conf = os.path.join(tmp, "nats.conf")
+        with open(conf, "w") as f:
+            f.write(f"host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: {os.path.join(tmp, 'js')!r} }}\n")
+        p = subprocess.Popen([which("nats-server"), "-c", conf], stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(tmp, "nats.log"), "w"))
+        url = f"nats://127.0.0.1:{port}"
+    else:
+        addr = f"tcp://127.0.0.1:{port}"
+        p = subprocess.Popen([which("tansu"), "broker", "--listener-url", addr, "--advertised-listener-url", addr,
+                              "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(tmp, "tansu.log"), "w"))
+        url = f"kafka://127.0.0.1:{port}"
+    wait_port(port)
+    time.sleep(1)
+    return p, url
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--queues", default="wal,nats,kafka")
+    ap.add_argument("--cases", default="single-fsync,ndjson-fsync")
+    args = ap.parse_args()
+    if not os.path.exists(e2e.BIN):
+        sys.exit("build first: cargo build --release")
+    tmp = tempfile.mkdtemp(prefix="sluice-brokers-", dir=os.environ.get("BENCH_DIR", "/tmp"))
+    scripts = os.path.join(tmp, "scripts")
+    os.makedirs(scripts)
+    single, ndjson = e2e.write_scripts(scripts)
+    cases = {"single-fsync": (single, 1), "ndjson-fsync": (ndjson, 1000)}
+    results = []
+    for queue in args.queues.split(","):
+        broker = None
+        if queue == "wal":
+            args.server_args = ""
+        else:
+            d = os.path.join(tmp, queue)
+            os.makedirs(d)
+            broker, url = start_broker(queue, d)
+            args.server_args = f"--queue {url}"
+        try:
+            for name in args.cases.split(","):
+                script, per = cases[name]
+                r = e2e.run_case(f"{queue}-{name}", "fsync", script, per, args, tmp)
+                results.append((queue, name, r))
+        finally:
+            if broker:
+                broker.kill()
+                broker.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("| queue | case | req/s | delivered events/s | p50 ms | p99 ms | non-2xx | backlog grew |")
+    print("|---|---|---|---|---|---|---|---|")
+    for queue, name, r in results:
+        print(f"| {queue} | {name} | {r['req_s']:,.0f} | {r['delivered_events_s']:,.0f} | {r['p50_ms']} | "
+              f"{r['p99_ms']} | {r['non_2xx']} | {r['backlog_grew']} |")
+
+
+if __name__ == "__main__":
+    main()

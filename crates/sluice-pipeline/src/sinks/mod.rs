@@ -2,11 +2,15 @@
 //!
 //! - [`FileSink`]: NDJSON envelopes, one directory per stream, rotated by size,
 //!   fsynced before the delivery counts.
+//! - [`HttpSink`]: NDJSON envelopes POSTed to a URL in size-bounded chunks, over
+//!   pooled keep-alive connections; refused events are found by bisection.
 //! - [`StdoutSink`]: NDJSON envelopes on standard output.
 //! - [`BlackholeSink`]: counts and drops (benchmarks).
 
 mod file;
+mod http;
 
+pub use self::http::{HttpSink, HttpSinkOptions};
 pub use file::FileSink;
 
 use std::io::Write;

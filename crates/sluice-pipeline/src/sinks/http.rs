@@ -16,7 +16,9 @@
 //! goes alone); a delivery resolves `Ok` only once every one of its POSTs got a 2xx.
 //! Chunks of one delivery are posted concurrently, so the server may see them out of
 //! order; at most `concurrency` POSTs are in flight across every caller of one sink
-//! (and its clones). Connections are kept alive and pooled (HTTP/1.1).
+//! (and its clones). Connections are kept alive and pooled; the protocol is HTTP/1.1,
+//! in the clear for `http://` URLs and over TLS (rustls, ALPN `http/1.1`) for
+//! `https://` ones, trusting the system's CA bundle or `ca_file`.
 //!
 //! How answers map to [`SinkError`]:
 //!
@@ -42,8 +44,11 @@
 
 use std::io::Write;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -53,11 +58,15 @@ use http::header::{
 };
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use sluice_core::{BoxFuture, Event, Rejection, Sink, SinkError};
 use sluice_proto::envelope::{write_line_cached, TimeCache};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 /// How much of a refusal's body goes into its reason.
@@ -70,12 +79,17 @@ const DRAIN_MAX_BYTES: usize = 64 * 1024;
 const GZIP_INLINE_BYTES: usize = 32 * 1024;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Where systems keep their CA bundle (Debian, Ubuntu and Alpine; Fedora and RHEL).
+const SYSTEM_CA_BUNDLES: [&str; 2] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
 
 /// How the HTTP sink posts.
 #[derive(Debug, Clone)]
 pub struct HttpSinkOptions {
-    /// Where to POST, an `http://` URL (no credentials in it: put them in `headers`).
-    /// Required; the default is empty and refused by [`HttpSink::new`].
+    /// Where to POST, an `http://` or `https://` URL (no credentials in it: put them
+    /// in `headers`). Required; the default is empty and refused by [`HttpSink::new`].
     pub url: String,
     /// Most POSTs in flight at once, across every caller of the sink: bounds the load
     /// on the server and the open connections. Default 4.
@@ -94,6 +108,9 @@ pub struct HttpSinkOptions {
     /// Compress bodies (`Content-Encoding: gzip`, fast level): less traffic for some
     /// CPU. Default false.
     pub gzip: bool,
+    /// A PEM bundle of the CAs to trust for an `https://` URL, for servers with a
+    /// private CA. Default none: the system's bundle.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpSinkOptions {
@@ -105,6 +122,7 @@ impl Default for HttpSinkOptions {
             max_request_bytes: 1 << 20,
             headers: Vec::new(),
             gzip: false,
+            ca_file: None,
         }
     }
 }
@@ -113,7 +131,7 @@ impl Default for HttpSinkOptions {
 /// connection pool and the concurrency bound.
 #[derive(Clone)]
 pub struct HttpSink {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     uri: Uri,
     /// The URL for messages: scheme, authority and path, without the query (which
     /// may hold a token).
@@ -127,21 +145,24 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    /// A sink posting to `opts.url`; fails when the URL or a header is invalid or a
-    /// bound is zero.
+    /// A sink posting to `opts.url`; fails when the URL, a header or the CA bundle is
+    /// invalid or a bound is zero.
     pub fn new(opts: HttpSinkOptions) -> Result<HttpSink, String> {
         let uri: Uri = opts.url.parse().map_err(|e| {
             format!(
-                "http sink: url must be an http:// URL; got {:?}: {e}",
+                "http sink: url must be an http:// or https:// URL; got {:?}: {e}",
                 opts.url
             )
         })?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "http sink: url must be an http:// URL; got {:?}",
-                opts.url
-            ));
-        }
+        let scheme = match uri.scheme_str() {
+            Some(s @ ("http" | "https")) => s,
+            _ => {
+                return Err(format!(
+                    "http sink: url must be an http:// or https:// URL; got {:?}",
+                    opts.url
+                ))
+            }
+        };
         let Some(authority) = uri.authority() else {
             return Err(format!("http sink: url has no host; got {:?}", opts.url));
         };
@@ -151,7 +172,7 @@ impl HttpSink {
                     .into(),
             );
         }
-        let shown = format!("http://{authority}{}", uri.path());
+        let shown = format!("{scheme}://{authority}{}", uri.path());
         if opts.concurrency == 0 {
             return Err("http sink: concurrency must be at least 1; got 0".into());
         }
@@ -163,9 +184,16 @@ impl HttpSink {
         }
         let headers = headers(&opts.headers, opts.gzip)?;
 
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(opts.timeout));
+        let tls = match scheme {
+            "https" => Some(tls_connector(opts.ca_file.as_deref())?),
+            _ => None,
+        };
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(opts.timeout));
+        let connector = Connector { http, tls };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
@@ -550,6 +578,155 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// A TLS connector trusting the CAs in `ca_file`, or the system's.
+fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    let path = match ca_file {
+        Some(p) => p,
+        None => SYSTEM_CA_BUNDLES
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                format!(
+                    "http sink: an https url needs CA certificates: none at {}; set ca_file",
+                    SYSTEM_CA_BUNDLES.join(" or ")
+                )
+            })?,
+    };
+    let bad = |e: &dyn std::fmt::Display| format!("http sink: ca_file {}: {e}", path.display());
+    let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    // A system bundle may hold a certificate rustls cannot use; the others still count.
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(bad(&"holds no usable CA certificate"));
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("http sink: tls: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Opens connections for the pool: TCP, then TLS for `https` URLs.
+#[derive(Clone)]
+struct Connector {
+    http: HttpConnector,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<Stream>;
+    type Error = ConnectError;
+    type Future = BoxFuture<'static, Result<TokioIo<Stream>, ConnectError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tcp = self.http.call(uri.clone());
+        let tls = self
+            .tls
+            .clone()
+            .filter(|_| uri.scheme_str() == Some("https"));
+        Box::pin(async move {
+            let tcp = tcp.await?.into_inner();
+            let Some(tls) = tls else {
+                return Ok(TokioIo::new(Stream::Plain(tcp)));
+            };
+            // An IPv6 literal comes bracketed in the URI, bare in a certificate.
+            let host = uri.host().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(host.to_string())?;
+            let stream = tls.connect(name, tcp).await?;
+            Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
+        })
+    }
+}
+
+/// A pooled connection, in the clear or over TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        match self {
+            Stream::Plain(s) => s.connected(),
+            Stream::Tls(s) => s.get_ref().0.connected(),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The `Retry-After` delay: delay-seconds, or an IMF-fixdate HTTP-date (a date in
 /// the past means now).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -707,6 +884,15 @@ mod tests {
     /// A hyper server on 127.0.0.1:0 answering each POST with `handler(post, n)`, n
     /// counting POSTs from 0.
     async fn server(handler: impl Fn(&Post, usize) -> Reply + Send + Sync + 'static) -> Server {
+        serve(None, handler).await
+    }
+
+    /// [`server`], over TLS when `tls` is given.
+    async fn serve(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: impl Fn(&Post, usize) -> Reply + Send + Sync + 'static,
+    ) -> Server {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
@@ -715,17 +901,22 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 state.connections.fetch_add(1, Ordering::SeqCst);
-                let (seen, handler) = (state.clone(), handler.clone());
+                let (seen, handler, tls) = (state.clone(), handler.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(req, seen.clone(), handler.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), svc).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => http.serve_connection(TokioIo::new(stream), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
         Server {
-            url: format!("http://{addr}/ingest"),
+            url: format!("{scheme}://{addr}/ingest"),
             seen,
         }
     }
@@ -1119,6 +1310,66 @@ mod tests {
         assert_eq!(posts[0].headers["authorization"], "Bearer expired");
     }
 
+    /// A fresh CA as PEM, and a server config with a certificate it signed for
+    /// 127.0.0.1.
+    fn private_ca() -> (String, tokio_rustls::TlsAcceptor) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use rustls::pki_types::PrivatePkcs8KeyDer;
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+        .unwrap();
+        (ca.pem(), Arc::new(config).into())
+    }
+
+    #[tokio::test]
+    async fn https_posts_to_a_server_with_a_private_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, acceptor) = private_ca();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_pem).unwrap();
+        let srv = serve(Some(acceptor), |_, _| Reply::ok()).await;
+        assert!(srv.url.starts_with("https://127.0.0.1:"));
+        let evs = events(10, |_| false);
+        sink(&srv.url, |o| o.ca_file = Some(ca_file))
+            .deliver(&evs)
+            .await
+            .unwrap();
+        let posts = srv.posts();
+        assert_eq!(posts.len(), 1);
+        assert_eq!(posts[0].lines, lines_of(&evs));
+
+        // A server whose CA is not trusted is a passing failure, naming the reason.
+        let (other_ca, _) = private_ca();
+        let other_file = dir.path().join("other.pem");
+        std::fs::write(&other_file, other_ca).unwrap();
+        let err = sink(&srv.url, |o| o.ca_file = Some(other_file))
+            .deliver(&evs)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SinkError::Retryable { message, .. }
+                if message.contains(&srv.url) && message.contains("invalid peer certificate")),
+            "{err:?}"
+        );
+        assert_eq!(srv.posts().len(), 1);
+    }
+
     #[test]
     fn chunks_respect_the_bound_and_send_oversized_events_alone() {
         // Lines of 10, 10, 50, 10, 10, 10 bytes.
@@ -1170,10 +1421,16 @@ mod tests {
         for (tweak, want) in [
             (
                 (|o| o.url = String::new()) as fn(&mut HttpSinkOptions),
-                "http:// URL",
+                "https:// URL",
             ),
-            (|o| o.url = "ftp://host/x".into(), "http:// URL"),
-            (|o| o.url = "https://host/x".into(), "http:// URL"),
+            (|o| o.url = "ftp://host/x".into(), "https:// URL"),
+            (
+                |o| {
+                    o.url = "https://host/x".into();
+                    o.ca_file = Some("/nonexistent/ca.pem".into());
+                },
+                "ca_file /nonexistent/ca.pem",
+            ),
             (|o| o.url = "http://user:pw@host/x".into(), "credentials"),
             (|o| o.concurrency = 0, "concurrency"),
             (|o| o.max_request_bytes = 0, "max_request_bytes"),

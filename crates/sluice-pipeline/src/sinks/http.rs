@@ -22,12 +22,13 @@
 //!
 //! How answers map to [`SinkError`]:
 //!
-//! | answer                                    | result                                  |
-//! |-------------------------------------------|-----------------------------------------|
-//! | 2xx                                       | delivered                               |
-//! | 408, 429, 5xx, connect error, timeout     | `Retryable`, `retry_after` = `Retry-After` |
-//! | 401, 403, 404, 405, 407, 1xx, 3xx         | `Retryable`: the URL or credentials are wrong, not an event |
-//! | any other 4xx (400, 413, 422, …)          | bisect, then `Rejected` for the refused events |
+//! | answer                                     | result                                      |
+//! |--------------------------------------------|---------------------------------------------|
+//! | 2xx                                        | delivered                                   |
+//! | 408, 429, 5xx                              | `Retryable`, `retry_after` from `Retry-After` |
+//! | connect or TLS error, timeout              | `Retryable`                                 |
+//! | 401, 403, 404, 405, 407, 1xx, 3xx          | `Retryable`: wrong URL or credentials, no event's fault |
+//! | any other 4xx (400, 413, 422, …)           | bisect, then `Rejected` for the refused events |
 //!
 //! Bisection: a refused POST of n > 1 events is split in two halves, each posted
 //! again, recursively, down to single events, so that exactly the events the server

@@ -2,14 +2,18 @@
 //!
 //! - [`FileSink`]: NDJSON envelopes, one directory per stream, rotated by size,
 //!   fsynced before the delivery counts.
+//! - [`HttpSink`]: NDJSON envelopes POSTed to a URL in size-bounded chunks, over
+//!   pooled keep-alive connections; refused events are found by bisection.
 //! - [`StdoutSink`]: NDJSON envelopes on standard output.
 //! - [`BlackholeSink`]: counts and drops (benchmarks).
 //! - `NatsSink` (feature `nats`): publishes to NATS JetStream.
 
 mod file;
+mod http;
 #[cfg(feature = "nats")]
 mod nats;
 
+pub use self::http::{HttpSink, HttpSinkOptions};
 pub use file::FileSink;
 #[cfg(feature = "nats")]
 pub use nats::{NatsSink, NatsSinkOptions};

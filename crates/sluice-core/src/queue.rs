@@ -96,6 +96,13 @@ pub trait Queue: Send + Sync + 'static {
     /// Current depth and capacity.
     fn stats(&self) -> QueueStats;
 
+    /// `Err(why)` while the backend is known to be unreachable (a broker connection
+    /// down), so ingest can answer 503 at once and `/readyz` can say so. Local queues
+    /// are always reachable.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Refuses further appends, waits for in-flight ones and makes everything durable.
     fn close(&self) -> BoxFuture<'_, Result<(), ConsumeError>>;
 }

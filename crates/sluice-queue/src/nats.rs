@@ -298,6 +298,13 @@ impl Queue for NatsQueue {
         }
     }
 
+    fn health(&self) -> Result<(), String> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(format!("NATS connection to {} is {state}", self.opts.url)),
+        }
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), ConsumeError>> {
         Box::pin(async move {
             self.closed.store(true, Ordering::Release);
@@ -427,7 +434,13 @@ impl Consumer for NatsConsumer {
                 .await
                 .map_err(|e| backend(format!("pulling from JetStream: {e}")))?;
             let (mut events, mut attempts, mut replies) = (Vec::new(), Vec::new(), Vec::new());
-            while let Some(m) = batch.next().await {
+            // The server ends the pull at `expires` with a status message, but not
+            // always (seen with nats-server 2.9 after a partial batch), and the client
+            // then waits 5 s more; so the pull also ends on our own clock, a little
+            // after the server's. A message still on its way then is redelivered after
+            // ack_wait, never lost.
+            let deadline = tokio::time::Instant::now() + expires + Duration::from_millis(50);
+            while let Ok(Some(m)) = tokio::time::timeout_at(deadline, batch.next()).await {
                 let m = m.map_err(|e| backend(format!("pulling from JetStream: {e}")))?;
                 let delivered = m.info().map_or(1, |i| i.delivered.max(1) as u32);
                 let (m, acker_reply) = {

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sluice_core::{Queue, Sink};
-use sluice_pipeline::sinks::{BlackholeSink, FileSink, NatsSink, NatsSinkOptions, StdoutSink};
+use sluice_pipeline::sinks::{
+    BlackholeSink, FileSink, HttpSink, HttpSinkOptions, NatsSink, NatsSinkOptions, StdoutSink,
+};
 use sluice_queue::{MemoryQueue, NatsOptions, NatsQueue, WalQueue, WalQueueOptions};
 use sluice_wal::{SyncMode, WalOptions};
 
@@ -88,7 +90,16 @@ pub async fn build_sink(sink: &SinkConfig, dir: PathBuf) -> Result<Arc<dyn Sink>
             .map_err(StartError::Broker)?,
         ),
         SinkKind::Kafka => return Err(StartError::Broker("kafka sink: not built yet".into())),
-        SinkKind::Http => return Err(StartError::Broker("http sink: not built yet".into())),
+        SinkKind::Http => Arc::new(
+            HttpSink::new(HttpSinkOptions {
+                url,
+                concurrency: sink.concurrency,
+                timeout: sink.timeout.0,
+                gzip: sink.gzip,
+                ..HttpSinkOptions::default()
+            })
+            .map_err(StartError::Broker)?,
+        ),
     })
 }
 

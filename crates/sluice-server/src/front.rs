@@ -82,6 +82,10 @@ impl IngestState {
     /// requests only to refuse them is what starves the processor. A hint (the append
     /// is the real check); `bytes` is the request's expected record size.
     pub fn shed_if_full(&self, bytes: u64) -> Result<(), ApiError> {
+        // A broker known to be away: 503 now, not after the publish timeout.
+        if let Err(message) = self.queue.health() {
+            return Err(AppendError::Backend { message }.into());
+        }
         if self.has_room(bytes) {
             return Ok(());
         }

@@ -46,6 +46,12 @@ pub async fn handle(
                     "shutting down\n".into(),
                     "text/plain",
                 )
+            } else if let Err(why) = state.queue.health() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("queue unreachable: {why}\n"),
+                    "text/plain",
+                )
             } else if s.depth_bytes.saturating_add(state.headroom) > s.capacity_bytes {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -317,6 +317,12 @@ pub async fn broker_restart_under_load(broker: &mut impl Broker, extra: &[(&str,
     })
     .await;
     assert!(saw_503, "no 503 while the broker was down");
+    if kind == "nats" {
+        let ready = node.admin.clone() + "/readyz";
+        let a = Http::h1().get(&ready).await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", a.body);
+        assert!(String::from_utf8_lossy(&a.body).contains("unreachable"));
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     broker.start().await;
     assert!(

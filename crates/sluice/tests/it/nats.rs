@@ -65,7 +65,15 @@ async fn uncommitted_deliveries_come_back_counted() {
     assert_eq!(first.attempts, vec![1; 10]);
     drop(c);
     let c = q.consumer("g").unwrap();
-    let again = c.poll(100, Duration::from_secs(5)).await.unwrap().unwrap();
+    // Polls end within ack_wait / 2, so wait for the redelivery across several.
+    let mut again = None;
+    for _ in 0..20 {
+        again = c.poll(100, Duration::from_secs(5)).await.unwrap();
+        if again.is_some() {
+            break;
+        }
+    }
+    let again = again.expect("redelivered after ack_wait");
     assert_eq!(
         again.events, events,
         "redelivered after ack_wait, deduplicated"

@@ -1,7 +1,9 @@
 //! Shared helpers: starting nodes and binaries, an HTTP client, reading the sink.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -315,4 +317,129 @@ pub async fn spawn_role(
         "sluice {role} did not become healthy; see {}",
         data.with_extension("log").display()
     );
+}
+
+/// Producers POSTing NDJSON bodies of unique events, round-robin over `targets`,
+/// remembering what was acked and which refusals they saw.
+pub struct Load {
+    pub acked: Arc<Mutex<BTreeSet<String>>>,
+    pub refused: Arc<Mutex<BTreeMap<u16, usize>>>,
+    /// A refusal without `Retry-After` (each 429/503 must carry one).
+    pub no_retry_after: Arc<Mutex<usize>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(targets: Vec<SocketAddr>, tasks: usize, tag: &str) -> Load {
+        let acked = Arc::new(Mutex::new(BTreeSet::new()));
+        let refused = Arc::new(Mutex::new(BTreeMap::new()));
+        let no_retry_after = Arc::new(Mutex::new(0));
+        let handles = (0..tasks)
+            .map(|task| {
+                let (acked, refused, nra) =
+                    (acked.clone(), refused.clone(), no_retry_after.clone());
+                let targets = targets.clone();
+                let tag = tag.to_string();
+                tokio::spawn(async move {
+                    let client = Http::h1();
+                    for seq in 0usize.. {
+                        let to = targets[(seq + task) % targets.len()];
+                        let url = format!("http://{to}/v1/streams/load/events");
+                        let n = 1 + (seq * 7 + task) % 20;
+                        let keys: Vec<String> = (0..n)
+                            .map(|i| format!("{tag}-t{task}-s{seq}-e{i}"))
+                            .collect();
+                        let body: String = keys
+                            .iter()
+                            .map(|k| format!("{{\"k\":\"{k}\"}}\n"))
+                            .collect();
+                        match client
+                            .request(hyper::Method::POST, &url, &[NDJSON], body)
+                            .await
+                        {
+                            Ok(a) if a.status == StatusCode::ACCEPTED => {
+                                acked.lock().unwrap().extend(keys)
+                            }
+                            Ok(a) => {
+                                *refused
+                                    .lock()
+                                    .unwrap()
+                                    .entry(a.status.as_u16())
+                                    .or_insert(0) += 1;
+                                if !a.headers.contains_key("retry-after") {
+                                    *nra.lock().unwrap() += 1;
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            acked,
+            refused,
+            no_retry_after,
+            tasks: handles,
+        }
+    }
+
+    /// Stops the producers; returns every acked key.
+    pub async fn stop(self) -> BTreeSet<String> {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.acked.lock().unwrap().clone()
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+/// The output directory of stream `load` (what [`Load`] writes) under a data dir.
+pub fn out(data: &Path) -> PathBuf {
+    data.join("out").join("load")
+}
+
+/// Every delivered key (`data.k`) under the sink directories, with its count.
+pub fn delivered(dirs: &[PathBuf]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for d in dirs {
+        for line in sink_lines(d) {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("corrupt line in the sink ({e}): {line:?}"));
+            *m.entry(v["data"]["k"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Waits until every acked key is delivered (or `timeout`), asserts nothing was
+/// lost, and returns the number of duplicates.
+pub async fn assert_all_delivered(
+    dirs: &[PathBuf],
+    acked: &BTreeSet<String>,
+    timeout: Duration,
+) -> usize {
+    let end = Instant::now() + timeout;
+    let mut got = delivered(dirs);
+    while Instant::now() < end && !acked.iter().all(|k| got.contains_key(k)) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        got = delivered(dirs);
+    }
+    let lost: Vec<&String> = acked.iter().filter(|k| !got.contains_key(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged events were lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    got.values().map(|n| n - 1).sum()
 }

@@ -56,8 +56,8 @@ def rss_peak_kib(pid):
     return 0
 
 
-def wrk(url, script, duration, conns):
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", script, url]
+def wrk(url, script, duration, conns, timeout=2):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", f"--timeout={timeout}s", "--latency", "-s", script, url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     def lat(pct):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -87,11 +87,13 @@ def run_case(name, ack, script, events_per_req, args, tmp):
             except Exception:
                 time.sleep(0.05)
         url = f"http://{http}/v1/streams/bench/events"
-        wrk(url, script, args.warmup, args.connections)  # warm-up
+        conns = args.connections if events_per_req == 1 else getattr(args, "batch_connections", args.connections)
+        timeout = getattr(args, "timeout", 2)
+        wrk(url, script, args.warmup, conns, timeout)  # warm-up
         runs = []
         for i in range(args.runs):
             m0, t0 = metrics(admin), time.time()
-            w = wrk(url, script, args.duration, args.connections)
+            w = wrk(url, script, args.duration, conns, timeout)
             m1, t1 = metrics(admin), time.time()
             secs = t1 - t0
             run = {
@@ -104,7 +106,7 @@ def run_case(name, ack, script, events_per_req, args, tmp):
             }
             # Grew = more than what half a second of delivery (or four requests per
             # connection) clears: a real backlog, not the events in flight.
-            slack = max(events_per_req * args.connections * 4, 0.5 * run["delivered_events_s"])
+            slack = max(events_per_req * conns * 4, 0.5 * run["delivered_events_s"])
             run["backlog_grew"] = run["backlog_end"] > run["backlog_start"] + slack
             runs.append(run)
             print(f"  {name} run {i + 1}: {json.dumps(run)}", file=sys.stderr)

@@ -145,9 +145,16 @@ pub struct NatsQueue {
     js: jetstream::Context,
     opts: NatsOptions,
     depth: Arc<Depth>,
+    /// Publishes awaiting their JetStream ack, over all requests.
+    in_flight: tokio::sync::Semaphore,
     closed: AtomicBool,
     refresher: tokio::task::JoinHandle<()>,
 }
+
+/// Most publishes awaiting a JetStream ack at once (bounds the client's memory).
+const MAX_IN_FLIGHT: usize = 32 * 1024;
+/// Publishes of one request taken together against that bound.
+const PUBLISH_CHUNK: usize = 1024;
 
 /// The stream's figures, refreshed in the background (stats() cannot wait).
 #[derive(Default)]
@@ -163,6 +170,8 @@ impl NatsQueue {
         let js = jetstream::ContextBuilder::new()
             .timeout(opts.publish_timeout)
             .ack_timeout(opts.publish_timeout)
+            // Never the bound that blocks: `in_flight` is, taken a chunk at a time.
+            .max_ack_inflight(MAX_IN_FLIGHT + PUBLISH_CHUNK)
             .build(client.clone());
         let created = ensure_stream(&js, &opts).await?;
         let depth = Arc::new(Depth::default());
@@ -172,14 +181,31 @@ impl NatsQueue {
             js,
             opts,
             depth,
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             closed: AtomicBool::new(false),
             refresher,
         })
     }
 
+    /// Publishes in chunks, each taking its share of the in-flight bound at once
+    /// before its first publish and releasing it when its acks are in. (Taking
+    /// permits one publish at a time while holding earlier ones deadlocks concurrent
+    /// requests once the bound is reached: each holds part and waits for the rest.)
     async fn publish_all(&self, batch: &Batch) -> Result<(), AppendError> {
-        let mut acks = Vec::with_capacity(batch.events.len());
-        for e in &batch.events {
+        for chunk in batch.events.chunks(PUBLISH_CHUNK) {
+            let _permits = self
+                .in_flight
+                .acquire_many(chunk.len() as u32)
+                .await
+                .map_err(|_| AppendError::ShuttingDown)?;
+            self.publish_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_chunk(&self, events: &[Event]) -> Result<(), AppendError> {
+        let mut acks = Vec::with_capacity(events.len());
+        for e in events {
             let subject = subject_for(&self.opts.subject_prefix, &e.stream);
             let msg = jetstream::message::PublishMessage::build()
                 .payload(e.payload.clone())
@@ -318,6 +344,10 @@ impl Queue for NatsQueue {
     }
 }
 
+/// Most messages the continuous pull asks for at once (prefetched, not yet handed
+/// out: they age toward ack_wait too, so the prefetch stays small).
+const PREFETCH: usize = 5000;
+
 /// Deliveries handed out and not yet committed: their ack subjects, and since when.
 type Outstanding = Mutex<HashMap<u64, (Vec<Subject>, Instant)>>;
 
@@ -329,6 +359,8 @@ struct NatsConsumer {
     name: String,
     /// The consumer handle, made on the first poll (the server may be away at start).
     pull: tokio::sync::Mutex<Option<consumer::PullConsumer>>,
+    /// The continuous pull the polls take from.
+    messages: tokio::sync::Mutex<Option<consumer::pull::Stream>>,
     outstanding: Arc<Outstanding>,
     next_token: AtomicU64,
     keepalive: tokio::task::JoinHandle<()>,
@@ -353,6 +385,7 @@ impl NatsConsumer {
             opts,
             name: name.to_string(),
             pull: tokio::sync::Mutex::new(None),
+            messages: tokio::sync::Mutex::new(None),
             outstanding,
             next_token: AtomicU64::new(1),
             keepalive,
@@ -419,29 +452,47 @@ impl Consumer for NatsConsumer {
         max_wait: Duration,
     ) -> BoxFuture<'_, Result<Option<Delivery>, ConsumeError>> {
         Box::pin(async move {
-            let pull = self.pull().await?;
             let backend = |e: String| ConsumeError::Backend { message: e };
-            // A pull that outlived ack_wait would collect redeliveries of its own
-            // messages, so it ends well before.
-            let expires = max_wait
-                .min(self.opts.ack_wait / 2)
-                .max(Duration::from_millis(10));
-            let mut batch = pull
-                .batch()
-                .max_messages(max_events.max(1))
-                .expires(expires)
-                .messages()
-                .await
-                .map_err(|e| backend(format!("pulling from JetStream: {e}")))?;
+            // One continuous pull per consumer, shared by the workers' polls: the client
+            // keeps a bounded prefetch requested, so messages stream in while the sink
+            // works, and nothing is lost between polls. (Short one-off pulls starved
+            // under ingest load and left messages in abandoned inboxes.)
+            let mut slot = self.messages.lock().await;
+            if slot.is_none() {
+                let pull = self.pull().await?;
+                let stream = pull
+                    .stream()
+                    .max_messages_per_batch(max_events.clamp(100, PREFETCH))
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages()
+                    .await
+                    .map_err(|e| backend(format!("pulling from JetStream: {e}")))?;
+                *slot = Some(stream);
+            }
+            let stream = slot.as_mut().expect("set above");
             let (mut events, mut attempts, mut replies) = (Vec::new(), Vec::new(), Vec::new());
-            // The server ends the pull at `expires` with a status message, but not
-            // always (seen with nats-server 2.9 after a partial batch), and the client
-            // then waits 5 s more; so the pull also ends on our own clock, a little
-            // after the server's. A message still on its way then is redelivered after
-            // ack_wait, never lost.
-            let deadline = tokio::time::Instant::now() + expires + Duration::from_millis(50);
-            while let Ok(Some(m)) = tokio::time::timeout_at(deadline, batch.next()).await {
-                let m = m.map_err(|e| backend(format!("pulling from JetStream: {e}")))?;
+            // A poll outliving ack_wait would collect redeliveries of its own events.
+            let deadline = tokio::time::Instant::now() + max_wait.min(self.opts.ack_wait / 2);
+            while events.len() < max_events {
+                let m = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => break,
+                    Ok(Some(Ok(m))) => m,
+                    Ok(Some(Err(e))) => {
+                        // A missed heartbeat or a reconnect: start a new pull next
+                        // time. Messages handed out are still committed; the rest
+                        // return after ack_wait.
+                        *slot = None;
+                        if events.is_empty() {
+                            return Err(backend(format!("pulling from JetStream: {e}")));
+                        }
+                        break;
+                    }
+                    Ok(None) => {
+                        *slot = None;
+                        break;
+                    }
+                };
                 let delivered = m.info().map_or(1, |i| i.delivered.max(1) as u32);
                 let (m, acker_reply) = {
                     let reply = m.reply.clone();

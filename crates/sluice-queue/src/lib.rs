@@ -5,6 +5,8 @@
 //! - [`WalQueue`]: the embedded write-ahead log, durable per its ack mode. The default.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod memory;
 mod tracker;
 mod wal;

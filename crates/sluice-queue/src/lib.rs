@@ -11,5 +11,7 @@ mod memory;
 mod tracker;
 mod wal;
 
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaOptions, KafkaQueue};
 pub use memory::MemoryQueue;
 pub use wal::{WalQueue, WalQueueOptions};

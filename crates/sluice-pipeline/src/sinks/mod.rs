@@ -6,8 +6,12 @@
 //! - [`BlackholeSink`]: counts and drops (benchmarks).
 
 mod file;
+#[cfg(feature = "kafka")]
+mod kafka;
 
 pub use file::FileSink;
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaSink;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

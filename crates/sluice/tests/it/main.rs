@@ -8,6 +8,7 @@ mod crash;
 mod gateway;
 mod grpc;
 mod ingest;
+mod kafka;
 mod limits;
 mod support;
 mod tls;

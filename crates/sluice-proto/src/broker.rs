@@ -42,6 +42,19 @@ pub enum DecodeError {
     Invalid { name: &'static str, value: String },
 }
 
+/// The names sluice writes itself; an event's own header may not use one (the
+/// decoder could not tell it from sluice's).
+pub const RESERVED: [&str; 5] = [ID, STREAM, RECEIVED_AT, TIMESTAMP, KEY];
+
+/// The first of the event's own headers that uses a reserved name, if any.
+pub fn reserved_header(event: &Event) -> Option<&str> {
+    event
+        .headers
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .find(|k| RESERVED.contains(k))
+}
+
 /// The headers of `event`, sluice's own first, then the event's.
 pub fn headers(event: &Event) -> Vec<(&str, Cow<'_, str>)> {
     let mut h = Vec::with_capacity(4 + event.headers.len());

@@ -6,12 +6,16 @@
 //! - `NatsQueue` (feature `nats`): NATS JetStream, shared by many processes.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod tracker;
 mod wal;
 
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaOptions, KafkaQueue};
 pub use memory::MemoryQueue;
 #[cfg(feature = "nats")]
 pub use nats::{NatsOptions, NatsQueue};

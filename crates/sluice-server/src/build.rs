@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use sluice_core::{Queue, Sink};
 use sluice_pipeline::sinks::{
-    BlackholeSink, FileSink, HttpSink, HttpSinkOptions, NatsSink, NatsSinkOptions, StdoutSink,
+    BlackholeSink, FileSink, HttpSink, HttpSinkOptions, KafkaSink, NatsSink, NatsSinkOptions,
+    StdoutSink,
 };
-use sluice_queue::{MemoryQueue, NatsOptions, NatsQueue, WalQueue, WalQueueOptions};
+use sluice_queue::{
+    KafkaOptions, KafkaQueue, MemoryQueue, NatsOptions, NatsQueue, WalQueue, WalQueueOptions,
+};
 use sluice_wal::{SyncMode, WalOptions};
 
 use crate::config::{broker_address, AckMode, Config, QueueKind, SinkConfig, SinkKind};
@@ -68,7 +71,24 @@ pub async fn open_queue(
             tracing::info!(url = %url(), stream = %n.stream, "NATS JetStream queue connected");
             Arc::new(queue)
         }
-        QueueKind::Kafka => return Err(StartError::Broker("kafka queue: not built yet".into())),
+        QueueKind::Kafka => {
+            let k = &q.kafka;
+            let brokers = broker_address(&url()).map_or_else(url, |(_, a)| a);
+            let queue = KafkaQueue::connect(KafkaOptions {
+                brokers: brokers.clone(),
+                topic: k.topic.clone(),
+                partitions: k.partitions,
+                replication: k.replication,
+                // What waits in memory for broker acks; the backlog itself is in Kafka.
+                max_buffered_bytes: q.max_bytes.0.min(64 << 20) as usize,
+                session_timeout: k.session_timeout.0,
+                producer: k.producer.clone().into_iter().collect(),
+            })
+            .await
+            .map_err(StartError::Broker)?;
+            tracing::info!(%brokers, topic = %k.topic, "Kafka queue connected");
+            Arc::new(queue)
+        }
     })
 }
 
@@ -89,7 +109,10 @@ pub async fn build_sink(sink: &SinkConfig, dir: PathBuf) -> Result<Arc<dyn Sink>
             .await
             .map_err(StartError::Broker)?,
         ),
-        SinkKind::Kafka => return Err(StartError::Broker("kafka sink: not built yet".into())),
+        SinkKind::Kafka => {
+            let brokers = broker_address(&url).map_or_else(|| url.clone(), |(_, a)| a);
+            Arc::new(KafkaSink::new(&brokers, &sink.topic).map_err(StartError::Broker)?)
+        }
         SinkKind::Http => Arc::new(
             HttpSink::new(HttpSinkOptions {
                 url,

@@ -7,14 +7,19 @@
 //! - [`StdoutSink`]: NDJSON envelopes on standard output.
 //! - [`BlackholeSink`]: counts and drops (benchmarks).
 //! - `NatsSink` (feature `nats`): publishes to NATS JetStream.
+//! - `KafkaSink` (feature `kafka`): produces to a Kafka topic.
 
 mod file;
 mod http;
+#[cfg(feature = "kafka")]
+mod kafka;
 #[cfg(feature = "nats")]
 mod nats;
 
 pub use self::http::{HttpSink, HttpSinkOptions};
 pub use file::FileSink;
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaSink;
 #[cfg(feature = "nats")]
 pub use nats::{NatsSink, NatsSinkOptions};
 

@@ -53,6 +53,8 @@ pub struct KafkaQueueConfig {
     /// Consumer-group session timeout: a processor silent this long loses its
     /// partitions to the others. Default `10s`.
     pub session_timeout: HumanDuration,
+    /// Extra librdkafka producer properties, e.g. `{ "linger.ms" = "5" }`.
+    pub producer: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaQueueConfig {
@@ -62,6 +64,7 @@ impl Default for KafkaQueueConfig {
             partitions: 12,
             replication: 1,
             session_timeout: HumanDuration(Duration::from_secs(10)),
+            producer: Default::default(),
         }
     }
 }

@@ -182,7 +182,13 @@ pub async fn broker_restart_under_load(broker: &mut impl Broker, extra: &[(&str,
     flags.extend_from_slice(extra);
     let node = start(&flags, Default::default()).await;
     let load = Load::start(vec![node.node.http_addr], 8, "restart");
-    assert!(wait_until(Duration::from_secs(20), || load.acked_count() > 500).await);
+    // Under load means flowing end to end: events acked and delivered.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            load.acked_count() > 500 && !delivered(&[node.out_dir("load")]).is_empty()
+        })
+        .await
+    );
     broker.stop().await;
     let before = load.acked_count();
     let saw_503 = wait_until(Duration::from_secs(30), || {

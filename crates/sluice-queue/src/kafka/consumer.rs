@@ -1,0 +1,459 @@
+//! The Kafka [`Consumer`]: one member of a consumer group, committing per partition
+//! only the prefix of records whose deliveries are all done.
+//!
+//! Records received from librdkafka go into a small buffer before they are handed
+//! out, so a poll dropped mid-way loses nothing: the next poll hands them out. One
+//! poll receives at a time (the `receiving` lock), so the buffer holds each
+//! partition's records in offset order, and deliveries are registered with the
+//! per-partition [`CommitTracker`]s in that order.
+//!
+//! When partitions are revoked (a rebalance, or the consumer closing) the context
+//! commits their done prefix synchronously, drops their buffered records and forgets
+//! their trackers: commits of deliveries from them are ignored afterwards, and the
+//! member that gets them next redelivers whatever was not committed.
+//!
+//! librdkafka runs that callback inside a poll, so a rebalance blocks the polling
+//! task for one commit round trip (up to `session.timeout.ms` when the coordinator is
+//! away). Creating a consumer needs a Tokio runtime (rdkafka spawns a wake-up task).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sluice_core::{BoxFuture, ConsumeError, Consumer, Delivery, Event};
+
+use super::record::decode_record;
+use crate::tracker::CommitTracker;
+
+/// A member of the consumer group named like the sluice consumer.
+pub(super) struct KafkaConsumer {
+    /// `Some` until dropped: the drop (leaving the group) blocks, so it is moved to a
+    /// blocking thread.
+    consumer: Option<Arc<StreamConsumer<GroupContext>>>,
+    state: Arc<Mutex<GroupState>>,
+    topic: Arc<str>,
+    /// Held by the one poll that receives records.
+    receiving: tokio::sync::Mutex<()>,
+}
+
+/// What this member handed out and what is done, shared with the rebalance callback.
+#[derive(Default)]
+struct GroupState {
+    /// Received, not yet handed out, in receive order.
+    buffer: VecDeque<Received>,
+    /// Assigned partitions that have handed out records since their assignment.
+    partitions: HashMap<i32, PartitionState>,
+    /// Deliveries not yet committed: per partition, the tracker's epoch and the
+    /// offset right after the delivery's last record there.
+    deliveries: HashMap<u64, Vec<(i32, u64, u64)>>,
+    /// Per partition, the offset after the last record received: a record below it
+    /// was fetched twice and is dropped, so each partition is handed out in order.
+    received_end: HashMap<i32, i64>,
+    next_token: u64,
+    next_epoch: u64,
+}
+
+struct Received {
+    partition: i32,
+    offset: i64,
+    /// `None` for a record that is not a sluice event: skipped, counted as done.
+    event: Option<Event>,
+}
+
+struct PartitionState {
+    /// Tells trackers of successive assignments of the same partition apart.
+    epoch: u64,
+    /// Positions are Kafka offsets; a delivery's is the offset after its last record.
+    tracker: CommitTracker,
+    /// The offset to commit (the done prefix's end) once something is done.
+    done_end: Option<u64>,
+}
+
+impl GroupState {
+    /// Hands out up to `max` buffered records as one delivery. Returns the delivery
+    /// (`None` when no event was buffered) and the offsets to commit because records
+    /// that are not events were skipped.
+    fn hand_out(&mut self, max: usize) -> (Option<Delivery>, Vec<(i32, u64)>) {
+        let mut events = Vec::new();
+        // Per partition: first offset and end, in the order first seen.
+        let mut ranges: Vec<(i32, u64, u64)> = Vec::new();
+        while events.len() < max {
+            let Some(r) = self.buffer.pop_front() else {
+                break;
+            };
+            debug_assert!(r.offset >= 0, "a consumed record has an offset");
+            let offset = r.offset as u64;
+            match ranges.iter_mut().find(|(p, _, _)| *p == r.partition) {
+                Some((_, _, end)) => *end = offset + 1,
+                None => ranges.push((r.partition, offset, offset + 1)),
+            }
+            events.extend(r.event);
+        }
+        if ranges.is_empty() {
+            return (None, Vec::new());
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let mut entries = Vec::with_capacity(ranges.len());
+        for (partition, first, end) in ranges {
+            let next_epoch = &mut self.next_epoch;
+            let p = self.partitions.entry(partition).or_insert_with(|| {
+                *next_epoch += 1;
+                PartitionState {
+                    epoch: *next_epoch,
+                    tracker: CommitTracker::new(first),
+                    done_end: None,
+                }
+            });
+            p.tracker.handed_out(end);
+            entries.push((partition, p.epoch, end));
+        }
+        self.deliveries.insert(token, entries);
+        if events.is_empty() {
+            // Only skipped records: done at once.
+            return (None, self.done(token));
+        }
+        (Some(Delivery::new(events, token)), Vec::new())
+    }
+
+    /// Marks delivery `token` done; returns the partitions whose done prefix moved,
+    /// with the offset to commit. Tokens of revoked partitions are ignored.
+    fn done(&mut self, token: u64) -> Vec<(i32, u64)> {
+        let Some(entries) = self.deliveries.remove(&token) else {
+            return Vec::new();
+        };
+        let mut moved = Vec::new();
+        for (partition, epoch, end) in entries {
+            let Some(p) = self.partitions.get_mut(&partition) else {
+                continue;
+            };
+            if p.epoch != epoch {
+                continue;
+            }
+            if let Some(to) = p.tracker.done(end) {
+                p.done_end = Some(to);
+                moved.push((partition, to));
+            }
+        }
+        moved
+    }
+
+    /// Every partition's done prefix, for a flush.
+    fn done_prefixes(&self) -> Vec<(i32, u64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(&p, s)| Some((p, s.done_end?)))
+            .collect()
+    }
+
+    /// Buffers a received record unless it was received already. Returns how many
+    /// records are buffered.
+    fn receive(&mut self, r: Received) -> usize {
+        let end = self.received_end.entry(r.partition).or_insert(r.offset);
+        if r.offset >= *end {
+            *end = r.offset + 1;
+            self.buffer.push_back(r);
+        } else {
+            tracing::debug!(
+                partition = r.partition,
+                offset = r.offset,
+                "dropping a kafka record fetched twice"
+            );
+        }
+        self.buffer.len()
+    }
+
+    /// Forgets revoked partitions; returns their done prefixes to commit.
+    fn revoke(&mut self, revoked: &[i32]) -> Vec<(i32, u64)> {
+        self.buffer.retain(|r| !revoked.contains(&r.partition));
+        self.received_end.retain(|p, _| !revoked.contains(p));
+        revoked
+            .iter()
+            .filter_map(|p| Some((*p, self.partitions.remove(p)?.done_end?)))
+            .collect()
+    }
+}
+
+fn offsets_list(topic: &str, offsets: &[(i32, u64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for &(partition, offset) in offsets {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset as i64))
+            .expect("a non-negative offset is valid");
+    }
+    tpl
+}
+
+/// Commits the done prefix of revoked partitions before they go to another member,
+/// and reports librdkafka's log lines and errors through `tracing`.
+pub(super) struct GroupContext {
+    state: Arc<Mutex<GroupState>>,
+    topic: Arc<str>,
+    group: String,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        super::log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::client_error(Some(&self.group), &error, reason);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let offsets = lock(&self.state).revoke(&revoked);
+        tracing::debug!(group = %self.group, ?revoked, committing = offsets.len(), "kafka partitions revoked");
+        if offsets.is_empty() {
+            return;
+        }
+        // Synchronous: the next owner must see these offsets. Rebalances are rare;
+        // see the module docs for what this blocks.
+        if let Err(e) = consumer.commit(&offsets_list(&self.topic, &offsets), CommitMode::Sync) {
+            tracing::warn!(group = %self.group, error = %e, "committing revoked partitions failed; they will be redelivered");
+        }
+    }
+
+    fn commit_callback(&self, result: Result<(), KafkaError>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(group = %self.group, error = %e, "kafka offset commit failed; a later commit or a redelivery covers it");
+        }
+    }
+}
+
+fn lock(state: &Mutex<GroupState>) -> MutexGuard<'_, GroupState> {
+    state.lock().expect("kafka consumer state lock poisoned")
+}
+
+impl KafkaConsumer {
+    pub(super) fn new(
+        config: &rdkafka::ClientConfig,
+        topic: &str,
+        group: &str,
+    ) -> Result<KafkaConsumer, KafkaError> {
+        let state = Arc::new(Mutex::new(GroupState::default()));
+        let topic: Arc<str> = Arc::from(topic);
+        let context = GroupContext {
+            state: state.clone(),
+            topic: topic.clone(),
+            group: group.to_string(),
+        };
+        let consumer: StreamConsumer<GroupContext> = config.create_with_context(context)?;
+        consumer.subscribe(&[&topic])?;
+        Ok(KafkaConsumer {
+            consumer: Some(Arc::new(consumer)),
+            state,
+            topic,
+            receiving: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn consumer(&self) -> &Arc<StreamConsumer<GroupContext>> {
+        self.consumer.as_ref().expect("only taken by drop")
+    }
+
+    fn buffer(&self, message: &BorrowedMessage<'_>) -> usize {
+        let event = match decode_record(message) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error = %e,
+                    "skipping a kafka record that is not a sluice event"
+                );
+                None
+            }
+        };
+        lock(&self.state).receive(Received {
+            partition: message.partition(),
+            offset: message.offset(),
+            event,
+        })
+    }
+
+    fn commit_async(&self, offsets: &[(i32, u64)]) -> Result<(), ConsumeError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.consumer()
+            .commit(&offsets_list(&self.topic, offsets), CommitMode::Async)
+            .map_err(|e| ConsumeError::Backend {
+                message: format!("committing kafka offsets failed: {e}"),
+            })
+    }
+}
+
+impl Consumer for KafkaConsumer {
+    fn poll(
+        &self,
+        max_events: usize,
+        max_wait: Duration,
+    ) -> BoxFuture<'_, Result<Option<Delivery>, ConsumeError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + max_wait;
+            let max = max_events.max(1);
+            let Ok(_receiving) = tokio::time::timeout_at(deadline, self.receiving.lock()).await
+            else {
+                return Ok(None);
+            };
+            let mut failure = None;
+            let mut buffered = lock(&self.state).buffer.len();
+            while buffered < max {
+                // `recv` is cancel-safe, and a received record is buffered before the
+                // next await: a dropped poll leaves its records for the next one.
+                match tokio::time::timeout_at(deadline, self.consumer().recv()).await {
+                    Err(_elapsed) => break,
+                    Ok(Ok(message)) => buffered = self.buffer(&message),
+                    Ok(Err(e)) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            let (delivery, skipped) = lock(&self.state).hand_out(max);
+            self.commit_async(&skipped)?;
+            match (delivery, failure) {
+                (Some(d), _) => Ok(Some(d)),
+                (None, Some(e)) => Err(ConsumeError::Backend {
+                    message: format!("kafka consumer: {e}"),
+                }),
+                // Nothing arrived, or only records that are not events.
+                (None, None) => Ok(None),
+            }
+        })
+    }
+
+    fn commit(&self, token: u64) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        let moved = lock(&self.state).done(token);
+        Box::pin(std::future::ready(self.commit_async(&moved)))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        let offsets = lock(&self.state).done_prefixes();
+        let consumer = self.consumer().clone();
+        let tpl = offsets_list(&self.topic, &offsets);
+        Box::pin(async move {
+            if offsets.is_empty() {
+                return Ok(());
+            }
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                .await
+                .map_err(|e| ConsumeError::Backend {
+                    message: e.to_string(),
+                })?
+                .map_err(|e| ConsumeError::Backend {
+                    message: format!("committing kafka offsets failed: {e}"),
+                })
+        })
+    }
+}
+
+impl Drop for KafkaConsumer {
+    /// Leaving the group commits the done prefix (the revoke callback) and waits for
+    /// the coordinator; with the brokers away librdkafka waits until they are back.
+    /// So it happens on a thread of its own, which neither blocks the caller nor
+    /// keeps a runtime's shutdown waiting (as a `spawn_blocking` task would).
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        // Should no thread be had, the failed spawn drops the closure, and so the
+        // consumer, right here.
+        let _ = std::thread::Builder::new()
+            .name("kafka-consumer-close".into())
+            .spawn(move || drop(consumer));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receive(state: &mut GroupState, partition: i32, offsets: std::ops::Range<i64>) {
+        for offset in offsets {
+            let event = Event::new("s", format!("{partition}/{offset}"));
+            state.receive(Received {
+                partition,
+                offset,
+                event: Some(event),
+            });
+        }
+    }
+
+    #[test]
+    fn commits_only_the_contiguous_done_prefix_per_partition() {
+        let mut s = GroupState::default();
+        receive(&mut s, 0, 0..3);
+        receive(&mut s, 1, 10..12);
+        let a = s.hand_out(4).0.unwrap(); // p0: 0..3, p1: 10
+        let b = s.hand_out(4).0.unwrap(); // p1: 11
+        assert_eq!(a.events.len(), 4);
+        assert_eq!(b.events.len(), 1);
+        receive(&mut s, 0, 3..5);
+        let c = s.hand_out(10).0.unwrap(); // p0: 3..5
+        assert_eq!(s.done(c.token), vec![], "p0 waits for a");
+        assert_eq!(s.done(b.token), vec![], "p1 waits for a");
+        let mut moved = s.done(a.token);
+        moved.sort_unstable();
+        assert_eq!(moved, vec![(0, 5), (1, 12)], "last done + 1");
+        assert_eq!(s.done(a.token), vec![], "a token counts once");
+    }
+
+    #[test]
+    fn deliveries_of_revoked_partitions_are_forgotten() {
+        let mut s = GroupState::default();
+        receive(&mut s, 0, 0..2);
+        let a = s.hand_out(1).0.unwrap();
+        let b = s.hand_out(1).0.unwrap();
+        assert_eq!(s.done(a.token), vec![(0, 1)]);
+        receive(&mut s, 0, 2..3);
+        assert_eq!(s.revoke(&[0]), vec![(0, 1)], "the done prefix, once");
+        assert!(s.buffer.is_empty(), "buffered records of p0 dropped");
+        // Reassigned: the new owner starts over at the committed offset.
+        receive(&mut s, 0, 1..2);
+        let again = s.hand_out(1).0.unwrap();
+        assert_eq!(s.done(b.token), vec![], "b belongs to the old assignment");
+        assert_eq!(s.done(again.token), vec![(0, 2)]);
+    }
+
+    #[test]
+    fn records_fetched_twice_are_handed_out_once() {
+        let mut s = GroupState::default();
+        receive(&mut s, 0, 5..8);
+        receive(&mut s, 0, 6..9);
+        let d = s.hand_out(10).0.unwrap();
+        let got: Vec<_> = d.events.iter().map(|e| e.payload.clone()).collect();
+        assert_eq!(got, ["0/5", "0/6", "0/7", "0/8"]);
+    }
+
+    #[test]
+    fn records_that_are_not_events_are_skipped_and_count_as_done() {
+        let mut s = GroupState::default();
+        s.buffer.push_back(Received {
+            partition: 3,
+            offset: 7,
+            event: None,
+        });
+        let (d, skipped) = s.hand_out(10);
+        assert!(d.is_none());
+        assert_eq!(skipped, vec![(3, 8)]);
+    }
+}

@@ -1,0 +1,185 @@
+//! One [`Event`] as one Kafka record, and back. The layout is drawn in the docs of
+//! the parent module: it is a public contract, shared by the Kafka queue and the Kafka
+//! sink of `sluice-pipeline`.
+
+use bytes::Bytes;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use sluice_core::Event;
+use sluice_proto::broker;
+pub use sluice_proto::broker::{DecodeError, ID as HEADER_ID, KEY as HEADER_KEY};
+
+/// Why an event cannot be written as a record. Permanent: retrying cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// One of the event's own headers uses a name sluice reserves.
+    #[error("event header {name:?} uses a name reserved for sluice's own record headers")]
+    ReservedHeader { name: String },
+}
+
+/// Checks that `event` can be encoded (no header of its own uses a reserved name).
+pub fn validate_event(event: &Event) -> Result<(), EncodeError> {
+    match broker::reserved_header(event) {
+        Some(name) => Err(EncodeError::ReservedHeader {
+            name: name.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The Kafka record key of `event`: its key if it has one, else its id. The default
+/// partitioner hashes it, so the events of one key stay in order in one partition.
+pub fn record_key(event: &Event) -> &str {
+    event.key.as_deref().unwrap_or(&event.id)
+}
+
+/// `event` as a record for `topic`, borrowing its key and payload; the headers are
+/// [`sluice_proto::broker::headers`].
+pub fn encode_record<'a>(
+    topic: &'a str,
+    event: &'a Event,
+) -> Result<FutureRecord<'a, str, [u8]>, EncodeError> {
+    validate_event(event)?;
+    let fields = broker::headers(event);
+    let mut headers = OwnedHeaders::new_with_capacity(fields.len());
+    for (name, value) in &fields {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_ref()),
+        });
+    }
+    Ok(FutureRecord::to(topic)
+        .key(record_key(event))
+        .payload(&event.payload[..])
+        .timestamp(event.received_at_unix_nanos.div_euclid(1_000_000))
+        .headers(headers))
+}
+
+/// Rebuilds the event that [`encode_record`] wrote. The payload is copied; the Kafka
+/// key and timestamp are not read (the headers carry the exact values).
+pub fn decode_record<M: Message>(message: &M) -> Result<Event, DecodeError> {
+    let mut pairs = Vec::new();
+    if let Some(h) = message.headers() {
+        for i in 0..h.count() {
+            let Some(Header { key, value }) = h.try_get(i) else {
+                break;
+            };
+            let value = std::str::from_utf8(value.unwrap_or_default()).map_err(|_| {
+                DecodeError::Invalid {
+                    name: "(a header)",
+                    value: format!("{key}: not UTF-8"),
+                }
+            })?;
+            pairs.push((key, value));
+        }
+    }
+    broker::decode(
+        pairs,
+        |_| false,
+        Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{OwnedMessage, Timestamp};
+
+    /// What a consumer would read back for `record` (no broker: the same fields).
+    fn as_read(record: FutureRecord<'_, str, [u8]>) -> OwnedMessage {
+        OwnedMessage::new(
+            record.payload.map(<[u8]>::to_vec),
+            record.key.map(|k| k.as_bytes().to_vec()),
+            record.topic.to_string(),
+            record
+                .timestamp
+                .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+            0,
+            0,
+            record.headers,
+        )
+    }
+
+    fn full_event() -> Event {
+        let mut e = Event::new("clicks", Bytes::from_static(b"{\"n\":1}"));
+        e.key = Some("user-7".into());
+        e.timestamp_unix_nanos = 1_700_000_000_123_456_789;
+        e.headers = vec![
+            ("trace".into(), "abc".into()),
+            ("trace".into(), "again".into()),
+            ("empty".into(), String::new()),
+        ];
+        e
+    }
+
+    #[test]
+    fn events_round_trip_identical() {
+        let bare = Event::new("s", Bytes::new());
+        let mut key_is_id = Event::new("s", Bytes::from_static(b"x"));
+        key_is_id.key = Some(key_is_id.id.clone());
+        for event in [full_event(), bare, key_is_id] {
+            let m = as_read(encode_record("t", &event).unwrap());
+            assert_eq!(decode_record(&m).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn record_layout_is_the_documented_one() {
+        let e = full_event();
+        let m = as_read(encode_record("t", &e).unwrap());
+        assert_eq!(m.key(), Some(&b"user-7"[..]));
+        assert_eq!(m.payload(), Some(&b"{\"n\":1}"[..]));
+        assert_eq!(
+            m.timestamp(),
+            Timestamp::CreateTime(e.received_at_unix_nanos / 1_000_000)
+        );
+        let names: Vec<&str> = m.headers().unwrap().iter().map(|h| h.key).collect();
+        assert_eq!(
+            names,
+            [
+                "sluice-id",
+                "sluice-stream",
+                "sluice-received-at",
+                "sluice-timestamp",
+                "sluice-key",
+                "trace",
+                "trace",
+                "empty"
+            ]
+        );
+        let bare = Event::new("s", Bytes::new());
+        let m = as_read(encode_record("t", &bare).unwrap());
+        assert_eq!(
+            m.key(),
+            Some(bare.id.as_bytes()),
+            "no key: the id is the key"
+        );
+        assert_eq!(m.headers().unwrap().count(), 3);
+    }
+
+    #[test]
+    fn reserved_header_names_are_refused() {
+        let mut e = Event::new("s", Bytes::new());
+        e.headers = vec![("sluice-key".into(), "k".into())];
+        assert_eq!(
+            encode_record("t", &e).err(),
+            Some(EncodeError::ReservedHeader {
+                name: "sluice-key".into()
+            })
+        );
+    }
+
+    #[test]
+    fn foreign_records_are_decode_errors() {
+        let m = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        assert_eq!(decode_record(&m), Err(DecodeError::Missing(HEADER_ID)));
+    }
+}

@@ -131,6 +131,12 @@ impl Default for KafkaOptions {
     }
 }
 
+/// Creates `opts.topic` with `opts.partitions` and `opts.replication` unless it
+/// exists (the Kafka sink's topic; the queue makes its own on connect).
+pub async fn ensure_topic(opts: &KafkaOptions) -> Result<(), String> {
+    topic::create(opts, CONNECT_TIMEOUT).await
+}
+
 /// The settings of the idempotent producer shared by the Kafka queue and the Kafka
 /// sink: `enable.idempotence=true`, `acks=all`, `message.timeout.ms` =
 /// [`DELIVERY_TIMEOUT`], `message.max.bytes` = [`MAX_MESSAGE_BYTES`].

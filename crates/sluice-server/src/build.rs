@@ -111,6 +111,13 @@ pub async fn build_sink(sink: &SinkConfig, dir: PathBuf) -> Result<Arc<dyn Sink>
         ),
         SinkKind::Kafka => {
             let brokers = broker_address(&url).map_or_else(|| url.clone(), |(_, a)| a);
+            sluice_queue::kafka::ensure_topic(&KafkaOptions {
+                brokers: brokers.clone(),
+                topic: sink.topic.clone(),
+                ..KafkaOptions::default()
+            })
+            .await
+            .map_err(StartError::Broker)?;
             Arc::new(KafkaSink::new(&brokers, &sink.topic).map_err(StartError::Broker)?)
         }
         SinkKind::Http => Arc::new(

@@ -613,3 +613,60 @@ async fn kafka_two_ingest_two_processors_one_killed() {
     .unwrap();
     crate::brokers::scale_out(&tansu, &["--config", conf.to_str().unwrap()]).await;
 }
+
+/// `--sink kafka://…`: events over the producer's 1 MB message limit go to the
+/// dead-letter files with the reason; the others are in the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_kafka_sink_refuses_are_dead_lettered() {
+    let Some(tansu) = Tansu::start().await else {
+        return;
+    };
+    let url = tansu.url();
+    let node = crate::support::start(
+        &[
+            ("sink.kind", "kafka"),
+            ("sink.url", &url),
+            ("sink.topic", "out"),
+        ],
+        Default::default(),
+    )
+    .await;
+    let big = "x".repeat(1_100_000);
+    let body: String = (0..20)
+        .map(|i| match i % 7 {
+            3 => format!("{{\"k\":\"big-{i}\",\"pad\":\"{big}\"}}\n"),
+            _ => format!("{{\"k\":\"ok-{i}\"}}\n"),
+        })
+        .collect();
+    let http = crate::support::Http::h1();
+    let a = http
+        .post(&node.events_url("load"), &[crate::support::NDJSON], body)
+        .await;
+    assert_eq!(a.status, hyper::StatusCode::ACCEPTED, "{:?}", a.body);
+    let dead_dir = node.dir.path().join("dead").join("load");
+    let dead = || crate::support::sink_lines(&dead_dir);
+    assert!(crate::support::wait_until(Duration::from_secs(60), || dead().len() >= 3).await);
+    let mut keys: Vec<String> = dead()
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let reason = v["headers"]["sluice-dead-letter-reason"].as_str().unwrap();
+            assert!(reason.to_lowercase().contains("too large"), "{reason}");
+            assert_eq!(v["headers"]["sluice-dead-letter-sink"], "kafka");
+            v["data"]["k"].as_str().unwrap().to_string()
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["big-10", "big-17", "big-3"]);
+    let page = node.metrics().await;
+    assert_eq!(
+        crate::support::metric(&page, "sluice_dead_lettered_events_total{sink=\"kafka\"}"),
+        3.0
+    );
+    assert_eq!(
+        crate::support::metric(&page, "sluice_sink_delivered_events_total{sink=\"kafka\"}"),
+        17.0
+    );
+    node.node.shutdown();
+    node.node.wait().await;
+}

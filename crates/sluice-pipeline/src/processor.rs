@@ -467,18 +467,15 @@ mod tests {
         }
         stop.cancel();
         task.await.unwrap().unwrap();
-        let mut out = Vec::new();
-        for f in std::fs::read_dir(dead.stream_dir("s"))
-            .into_iter()
-            .flatten()
-        {
-            for line in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+        let mut out: Vec<(String, String)> = crate::sinks::read_lines(&dead.stream_dir("s"))
+            .iter()
+            .map(|line| {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
                 assert_eq!(v["headers"]["sluice-dead-letter-sink"], "picky");
                 let reason = v["headers"]["sluice-dead-letter-reason"].as_str().unwrap();
-                out.push((v["data"].to_string(), reason.to_string()));
-            }
-        }
+                (v["data"].to_string(), reason.to_string())
+            })
+            .collect();
         out.sort();
         out
     }

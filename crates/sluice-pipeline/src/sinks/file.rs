@@ -214,25 +214,8 @@ impl std::fmt::Debug for StreamFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::read_lines;
     use bytes::Bytes;
-
-    fn read_lines(dir: &Path) -> Vec<String> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .flat_map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap()
-                    .lines()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
 
     #[tokio::test]
     async fn writes_rotates_and_truncates_partial_line() {

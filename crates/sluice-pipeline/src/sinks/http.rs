@@ -795,9 +795,9 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::read_lines;
     use std::convert::Infallible;
     use std::io::Read;
-    use std::path::Path;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
     use std::time::Instant;
@@ -1038,21 +1038,6 @@ mod tests {
             .await
             .expect("the processor drained the queue")
             .unwrap();
-    }
-
-    fn read_lines(dir: &Path) -> Vec<String> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .flat_map(|p| {
-                let text = std::fs::read_to_string(p).unwrap();
-                text.lines().map(str::to_string).collect::<Vec<_>>()
-            })
-            .collect()
     }
 
     #[tokio::test]

@@ -24,13 +24,21 @@ pub fn find_binary(name: &str, env_var: &str, fallbacks: &[PathBuf]) -> Option<P
         .find(|p| p.is_file())
 }
 
-/// What to do when a broker binary is missing: fail under CI, skip elsewhere.
-pub fn missing(name: &str) -> Option<std::convert::Infallible> {
+/// What to do when a broker binary is missing: fail under CI, skip (`None`) elsewhere.
+pub fn missing<T>(name: &str) -> Option<T> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{name} is not installed; `scripts/test` installs it (CI=true: a missing broker is a failure)");
     }
     eprintln!("SKIPPED: {name} is not installed; run `scripts/test` to install it");
     None
+}
+
+/// Test-node flags for a broker queue at `url`, then `extra`.
+fn queue_flags<'a>(url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let kind = url.split("://").next().unwrap();
+    let mut flags = vec![("queue.kind", kind), ("queue.url", url)];
+    flags.extend_from_slice(extra);
+    flags
 }
 
 /// A broker the scenarios can use, stop and start again on the same address.
@@ -66,8 +74,7 @@ impl NatsServer {
             "NATS_SERVER_BIN",
             &[PathBuf::from("/usr/sbin/nats-server")],
         ) else {
-            missing("nats-server")?;
-            unreachable!()
+            return missing("nats-server");
         };
         let mut s = NatsServer {
             bin,
@@ -138,11 +145,7 @@ impl Broker for NatsServer {
 /// of single-event and NDJSON requests arrives, byte for byte.
 pub async fn ingest_to_file(broker: &impl Broker, extra: &[(&str, &str)]) {
     let url = broker.url();
-    let mut flags = vec![("queue.url", url.as_str())];
-    let kind = url.split("://").next().unwrap().to_string();
-    flags.push(("queue.kind", kind.as_str()));
-    flags.extend_from_slice(extra);
-    let node = start(&flags, Default::default()).await;
+    let node = start(&queue_flags(&url, extra), Default::default()).await;
     let http = Http::h1();
     let mut want = BTreeSet::new();
     for i in 0..50 {
@@ -177,10 +180,7 @@ pub async fn ingest_to_file(broker: &impl Broker, extra: &[(&str, &str)]) {
 /// while it is away (never a 5xx without it), and every acked event is delivered.
 pub async fn broker_restart_under_load(broker: &mut impl Broker, extra: &[(&str, &str)]) {
     let url = broker.url();
-    let kind = url.split("://").next().unwrap().to_string();
-    let mut flags = vec![("queue.url", url.as_str()), ("queue.kind", kind.as_str())];
-    flags.extend_from_slice(extra);
-    let node = start(&flags, Default::default()).await;
+    let node = start(&queue_flags(&url, extra), Default::default()).await;
     let load = Load::start(vec![node.node.http_addr], 8, "restart");
     // Under load means flowing end to end: events acked and delivered.
     assert!(
@@ -196,7 +196,7 @@ pub async fn broker_restart_under_load(broker: &mut impl Broker, extra: &[(&str,
     })
     .await;
     assert!(saw_503, "no 503 while the broker was down");
-    if kind == "nats" {
+    if url.starts_with("nats:") {
         let ready = node.admin.clone() + "/readyz";
         let a = Http::h1().get(&ready).await;
         assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", a.body);

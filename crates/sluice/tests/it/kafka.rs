@@ -43,8 +43,7 @@ impl Tansu {
             "TANSU_BIN",
             &[PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu")],
         ) else {
-            missing("tansu")?;
-            unreachable!()
+            return missing("tansu");
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -47,15 +47,22 @@
 //! prefix (`enable.auto.commit=false`, `enable.auto.offset.store=false`), a
 //! synchronous commit of revoked partitions on rebalance, at-least-once.
 //!
+//! Beside each consumer a thread watches the group (the `watch` module): it measures
+//! the lag, and leaves and rejoins the group when partitions with a backlog stop
+//! moving while nobody is assigned them (a broker that does not rebalance after a
+//! member died).
+//!
 //! # Stats
 //!
-//! Kafka cannot tell a group's lag cheaply, so [`Queue::stats`] reports
-//! `depth_events = 0` (unknown), `depth_bytes` = bytes produced but not yet
-//! acknowledged by the broker, `capacity_bytes` = `max_buffered_bytes`.
+//! [`Queue::stats`] reports `depth_events` = the consumer group's lag (committed
+//! offsets to high watermarks, summed over partitions, refreshed every session
+//! timeout; 0 on a node without a consumer), `depth_bytes` = bytes produced but not
+//! yet acknowledged by the broker, `capacity_bytes` = `max_buffered_bytes`.
 
 mod consumer;
 mod record;
 mod topic;
+mod watch;
 
 pub use record::{
     decode_record, encode_record, record_key, validate_event, DecodeError, EncodeError, HEADER_ID,
@@ -112,9 +119,15 @@ pub struct KafkaOptions {
     /// Consumer group session timeout: how long a dead member keeps its partitions.
     /// Default 10 s.
     pub session_timeout: Duration,
+    /// Extra librdkafka properties for every client sluice makes (producer,
+    /// consumer, admin), e.g. `security.protocol`, `sasl.*`, `ssl.*`. Default none.
+    pub client: Vec<(String, String)>,
     /// Extra librdkafka properties for the producer, applied last (e.g.
     /// `linger.ms`, `compression.type`). Default none.
     pub producer: Vec<(String, String)>,
+    /// Extra librdkafka properties for the consumer, applied last (e.g.
+    /// `fetch.max.bytes`, `debug`). Default none.
+    pub consumer: Vec<(String, String)>,
 }
 
 impl Default for KafkaOptions {
@@ -126,7 +139,9 @@ impl Default for KafkaOptions {
             replication: 1,
             max_buffered_bytes: 64 << 20,
             session_timeout: Duration::from_secs(10),
+            client: Vec::new(),
             producer: Vec::new(),
+            consumer: Vec::new(),
         }
     }
 }
@@ -137,13 +152,24 @@ pub async fn ensure_topic(opts: &KafkaOptions) -> Result<(), String> {
     topic::create(opts, CONNECT_TIMEOUT).await
 }
 
-/// The settings of the idempotent producer shared by the Kafka queue and the Kafka
-/// sink: `enable.idempotence=true`, `acks=all`, `message.timeout.ms` =
-/// [`DELIVERY_TIMEOUT`], `message.max.bytes` = [`MAX_MESSAGE_BYTES`].
-pub fn producer_config(brokers: &str) -> ClientConfig {
+/// `bootstrap.servers` and the properties of `opts.client`: the start of every
+/// client's configuration.
+fn client_config(opts: &KafkaOptions) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
+    c.set("bootstrap.servers", &opts.brokers)
+        .set_log_level(log_level());
+    for (k, v) in &opts.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The settings of the idempotent producer shared by the Kafka queue and the Kafka
+/// sink: `opts.client`, `enable.idempotence=true`, `acks=all`, `message.timeout.ms`
+/// = [`DELIVERY_TIMEOUT`], `message.max.bytes` = [`MAX_MESSAGE_BYTES`].
+pub fn producer_config(opts: &KafkaOptions) -> ClientConfig {
+    let mut c = client_config(opts);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set(
             "message.timeout.ms",
@@ -182,6 +208,21 @@ fn client_error(group: Option<&str>, error: &KafkaError, reason: &str) {
     }
 }
 
+/// The most verbose librdkafka level that [`log`] would not throw away. librdkafka
+/// drops lines above the level a client is created with, and rdkafka's default
+/// follows the `log` crate, which sluice does not use.
+fn log_level() -> RDKafkaLogLevel {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(tracing::Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else if tracing::enabled!(tracing::Level::WARN) {
+        RDKafkaLogLevel::Warning
+    } else {
+        RDKafkaLogLevel::Error
+    }
+}
+
 fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Emerg
@@ -209,6 +250,8 @@ struct Inner {
     opts: KafkaOptions,
     /// Bytes of appends waiting for their delivery reports.
     buffered: AtomicU64,
+    /// The consumer group's lag, as the group watch last measured it.
+    lag: Arc<AtomicU64>,
     closed: AtomicBool,
     /// Set while a repair runs; when the last one started.
     repairing: AtomicBool,
@@ -231,7 +274,7 @@ impl KafkaQueue {
                 opts.session_timeout
             ));
         }
-        let mut config = producer_config(&opts.brokers);
+        let mut config = producer_config(&opts);
         // librdkafka's own bound is left above ours, so ours refuses first.
         let kbytes = (opts.max_buffered_bytes / 1024 * 2).clamp(1024, i32::MAX as usize);
         config
@@ -258,6 +301,7 @@ impl KafkaQueue {
                 producer_config: config,
                 opts,
                 buffered: AtomicU64::new(0),
+                lag: Arc::new(AtomicU64::new(0)),
                 closed: AtomicBool::new(false),
                 repairing: AtomicBool::new(false),
                 last_repair: Mutex::new(None),
@@ -473,9 +517,8 @@ impl Queue for KafkaQueue {
     fn consumer(&self, name: &str) -> Result<Box<dyn Consumer>, ConsumeError> {
         let opts = &self.inner.opts;
         let session_ms = opts.session_timeout.as_millis().max(1);
-        let mut config = ClientConfig::new();
+        let mut config = client_config(opts);
         config
-            .set("bootstrap.servers", &opts.brokers)
             .set("group.id", name)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -485,16 +528,28 @@ impl Queue for KafkaQueue {
                 "heartbeat.interval.ms",
                 (session_ms / 3).clamp(1, 3000).to_string(),
             );
-        let consumer =
-            KafkaConsumer::new(&config, &opts.topic, name).map_err(|e| ConsumeError::Backend {
-                message: format!("creating kafka consumer group {name:?}: {e}"),
-            })?;
+        for (k, v) in &opts.consumer {
+            config.set(k, v);
+        }
+        let watch_interval = opts
+            .session_timeout
+            .clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let consumer = KafkaConsumer::new(
+            &config,
+            &opts.topic,
+            name,
+            watch_interval,
+            self.inner.lag.clone(),
+        )
+        .map_err(|e| ConsumeError::Backend {
+            message: format!("creating kafka consumer group {name:?}: {e}"),
+        })?;
         Ok(Box::new(consumer))
     }
 
     fn stats(&self) -> QueueStats {
         QueueStats {
-            depth_events: 0,
+            depth_events: self.inner.lag.load(Ordering::Relaxed),
             depth_bytes: self.inner.buffered.load(Ordering::Relaxed),
             capacity_bytes: self.inner.opts.max_buffered_bytes as u64,
         }

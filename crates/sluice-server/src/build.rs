@@ -82,7 +82,9 @@ pub async fn open_queue(
                 // What waits in memory for broker acks; the backlog itself is in Kafka.
                 max_buffered_bytes: q.max_bytes.0.min(64 << 20) as usize,
                 session_timeout: k.session_timeout.0,
+                client: k.client.clone().into_iter().collect(),
                 producer: k.producer.clone().into_iter().collect(),
+                consumer: k.consumer.clone().into_iter().collect(),
             })
             .await
             .map_err(StartError::Broker)?;
@@ -111,14 +113,15 @@ pub async fn build_sink(sink: &SinkConfig, dir: PathBuf) -> Result<Arc<dyn Sink>
         ),
         SinkKind::Kafka => {
             let brokers = broker_address(&url).map_or_else(|| url.clone(), |(_, a)| a);
-            sluice_queue::kafka::ensure_topic(&KafkaOptions {
-                brokers: brokers.clone(),
+            let opts = KafkaOptions {
+                brokers,
                 topic: sink.topic.clone(),
                 ..KafkaOptions::default()
-            })
-            .await
-            .map_err(StartError::Broker)?;
-            Arc::new(KafkaSink::new(&brokers, &sink.topic).map_err(StartError::Broker)?)
+            };
+            sluice_queue::kafka::ensure_topic(&opts)
+                .await
+                .map_err(StartError::Broker)?;
+            Arc::new(KafkaSink::new(&opts).map_err(StartError::Broker)?)
         }
         SinkKind::Http => Arc::new(
             HttpSink::new(HttpSinkOptions {

@@ -11,7 +11,9 @@
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use sluice_core::{BoxFuture, Event, Rejection, Sink, SinkError};
-use sluice_queue::kafka::{encode_record, producer_config, TracingContext, DELIVERY_TIMEOUT};
+use sluice_queue::kafka::{
+    encode_record, producer_config, KafkaOptions, TracingContext, DELIVERY_TIMEOUT,
+};
 
 /// Produces events to one Kafka topic.
 pub struct KafkaSink {
@@ -20,15 +22,20 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// A sink producing to `topic` on `brokers` (`host:port[,host:port]`). Connects
-    /// lazily: an unreachable broker shows as retryable delivery failures.
-    pub fn new(brokers: &str, topic: &str) -> Result<KafkaSink, String> {
-        let producer = producer_config(brokers)
+    /// A sink producing to `opts.topic` on `opts.brokers`, with the client and
+    /// producer properties of `opts`. Connects lazily: an unreachable broker shows as
+    /// retryable delivery failures.
+    pub fn new(opts: &KafkaOptions) -> Result<KafkaSink, String> {
+        let mut config = producer_config(opts);
+        for (k, v) in &opts.producer {
+            config.set(k, v);
+        }
+        let producer = config
             .create_with_context(TracingContext)
-            .map_err(|e| format!("creating a kafka producer for {brokers}: {e}"))?;
+            .map_err(|e| format!("creating a kafka producer for {}: {e}", opts.brokers))?;
         Ok(KafkaSink {
             producer,
-            topic: topic.to_string(),
+            topic: opts.topic.clone(),
         })
     }
 }

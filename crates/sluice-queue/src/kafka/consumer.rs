@@ -41,6 +41,8 @@ pub(super) struct KafkaConsumer {
     topic: Arc<str>,
     /// Held by the one poll that receives records.
     receiving: tokio::sync::Mutex<()>,
+    /// Measures the lag and repairs a group stuck without a rebalance.
+    _watch: super::watch::Watch,
 }
 
 /// What this member handed out and what is done, shared with the rebalance callback.
@@ -242,10 +244,14 @@ fn lock(state: &Mutex<GroupState>) -> MutexGuard<'_, GroupState> {
 }
 
 impl KafkaConsumer {
+    /// Joins `group` on `topic`; the group watch (see the `watch` module) looks every
+    /// `watch_interval` and writes the group's lag to `depth`.
     pub(super) fn new(
         config: &rdkafka::ClientConfig,
         topic: &str,
         group: &str,
+        watch_interval: Duration,
+        depth: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<KafkaConsumer, KafkaError> {
         let state = Arc::new(Mutex::new(GroupState::default()));
         let topic: Arc<str> = Arc::from(topic);
@@ -256,11 +262,21 @@ impl KafkaConsumer {
         };
         let consumer: StreamConsumer<GroupContext> = config.create_with_context(context)?;
         consumer.subscribe(&[&topic])?;
+        let consumer = Arc::new(consumer);
+        let watch = super::watch::start(
+            consumer.clone(),
+            topic.clone(),
+            group.to_string(),
+            watch_interval,
+            watch_interval * 3,
+            depth,
+        );
         Ok(KafkaConsumer {
-            consumer: Some(Arc::new(consumer)),
+            consumer: Some(consumer),
             state,
             topic,
             receiving: tokio::sync::Mutex::new(()),
+            _watch: watch,
         })
     }
 

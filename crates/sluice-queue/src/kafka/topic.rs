@@ -3,7 +3,6 @@
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +35,7 @@ pub(super) async fn exists(
 /// Creates the topic with the configured partitions and replication; one that
 /// exists already is fine.
 pub(super) async fn create(opts: &KafkaOptions, timeout: Duration) -> Result<(), String> {
-    let admin: AdminClient<TracingContext> = ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
+    let admin: AdminClient<TracingContext> = super::client_config(opts)
         .create_with_context(TracingContext)
         .map_err(|e| format!("creating a kafka admin client: {e}"))?;
     let topic = NewTopic::new(

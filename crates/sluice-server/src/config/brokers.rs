@@ -53,8 +53,13 @@ pub struct KafkaQueueConfig {
     /// Consumer-group session timeout: a processor silent this long loses its
     /// partitions to the others. Default `10s`.
     pub session_timeout: HumanDuration,
+    /// Extra librdkafka properties for every Kafka client (producer, consumer,
+    /// admin), e.g. `{ "security.protocol" = "sasl_ssl" }`.
+    pub client: std::collections::BTreeMap<String, String>,
     /// Extra librdkafka producer properties, e.g. `{ "linger.ms" = "5" }`.
     pub producer: std::collections::BTreeMap<String, String>,
+    /// Extra librdkafka consumer properties, e.g. `{ "fetch.max.bytes" = "1048576" }`.
+    pub consumer: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaQueueConfig {
@@ -64,7 +69,9 @@ impl Default for KafkaQueueConfig {
             partitions: 12,
             replication: 1,
             session_timeout: HumanDuration(Duration::from_secs(10)),
+            client: Default::default(),
             producer: Default::default(),
+            consumer: Default::default(),
         }
     }
 }

@@ -44,11 +44,24 @@ pub async fn start(flags: &[(&str, &str)], opts: NodeOptions) -> TestNode {
     start_in(tempfile::tempdir().unwrap(), flags, opts).await
 }
 
+/// The log filter for nodes a test runs, from `TEST_SLUICE_LOG` (e.g.
+/// `warn,sluice_queue=debug`); default `warn` for child processes and nothing for
+/// nodes inside the test process.
+fn test_log() -> Option<String> {
+    std::env::var("TEST_SLUICE_LOG").ok()
+}
+
 pub async fn start_in(
     dir: tempfile::TempDir,
     flags: &[(&str, &str)],
     opts: NodeOptions,
 ) -> TestNode {
+    if let Some(filter) = test_log() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let node = Node::start(test_config(dir.path(), flags), opts)
         .await
         .unwrap();
@@ -290,7 +303,7 @@ pub async fn spawn_role(
             "--data-dir",
             &data.display().to_string(),
             "--log-level",
-            "warn",
+            &test_log().unwrap_or_else(|| "warn".into()),
         ])
         .args(extra)
         .stdin(std::process::Stdio::null())

@@ -52,6 +52,12 @@
 //! moving while nobody is assigned them (a broker that does not rebalance after a
 //! member died).
 //!
+//! # Health
+//!
+//! The producer reports its broker connections every second (librdkafka
+//! statistics); while none is up, [`Queue::health`] is `Err`, so ingest answers 503
+//! at once and `/readyz` says why.
+//!
 //! # Stats
 //!
 //! [`Queue::stats`] reports `depth_events` = the consumer group's lag (committed
@@ -97,6 +103,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The least time between two producer repairs (see the module docs).
 const REPAIR_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the queue's producer reports its broker connections (see
+/// [`Queue::health`]).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long [`Queue::close`] waits for outstanding delivery reports.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -193,6 +203,33 @@ impl ClientContext for TracingContext {
     }
 }
 
+/// The queue producer's context: logs like [`TracingContext`], and tells from
+/// librdkafka's statistics (every [`STATS_INTERVAL`]) whether any broker
+/// connection is up, for [`Queue::health`].
+struct QueueContext {
+    reachable: Arc<AtomicBool>,
+}
+
+impl ClientContext for QueueContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(None, &error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.state == "UP" && b.source != "internal");
+        if self.reachable.swap(up, Ordering::AcqRel) != up {
+            tracing::info!(reachable = up, "kafka brokers reachable: {up}");
+        }
+    }
+}
+
 /// Logs an error librdkafka reports on its own. Lost connections are repeated many
 /// times a second while a broker is away and show up as failed calls anyway, so they
 /// are debug lines.
@@ -245,13 +282,15 @@ pub struct KafkaQueue {
 
 struct Inner {
     /// Replaced by [`Inner::repair`]; appends hold the one they started with.
-    producer: RwLock<Arc<FutureProducer<TracingContext>>>,
+    producer: RwLock<Arc<FutureProducer<QueueContext>>>,
     producer_config: ClientConfig,
     opts: KafkaOptions,
     /// Bytes of appends waiting for their delivery reports.
     buffered: AtomicU64,
     /// The consumer group's lag, as the group watch last measured it.
     lag: Arc<AtomicU64>,
+    /// Whether the producer has a broker connection up (see [`QueueContext`]).
+    reachable: Arc<AtomicBool>,
     closed: AtomicBool,
     /// Set while a repair runs; when the last one started.
     repairing: AtomicBool,
@@ -280,14 +319,20 @@ impl KafkaQueue {
         config
             .set("queue.buffering.max.kbytes", kbytes.to_string())
             // sluice creates its topic itself, with the configured partitions.
-            .set("allow.auto.create.topics", "false");
+            .set("allow.auto.create.topics", "false")
+            .set(
+                "statistics.interval.ms",
+                STATS_INTERVAL.as_millis().to_string(),
+            );
         for (k, v) in &opts.producer {
             config.set(k, v);
         }
-        let producer: FutureProducer<TracingContext> =
-            config
-                .create_with_context(TracingContext)
-                .map_err(|e| format!("creating a kafka producer for {}: {e}", opts.brokers))?;
+        let reachable = Arc::new(AtomicBool::new(true));
+        let producer: FutureProducer<QueueContext> = config
+            .create_with_context(QueueContext {
+                reachable: reachable.clone(),
+            })
+            .map_err(|e| format!("creating a kafka producer for {}: {e}", opts.brokers))?;
         let producer = Arc::new(producer);
         let exists = topic::exists(producer.clone(), &opts.topic, CONNECT_TIMEOUT)
             .await
@@ -302,6 +347,7 @@ impl KafkaQueue {
                 opts,
                 buffered: AtomicU64::new(0),
                 lag: Arc::new(AtomicU64::new(0)),
+                reachable,
                 closed: AtomicBool::new(false),
                 repairing: AtomicBool::new(false),
                 last_repair: Mutex::new(None),
@@ -355,7 +401,7 @@ impl KafkaQueue {
 }
 
 impl Inner {
-    fn producer(&self) -> Arc<FutureProducer<TracingContext>> {
+    fn producer(&self) -> Arc<FutureProducer<QueueContext>> {
         self.producer
             .read()
             .expect("kafka producer lock poisoned")
@@ -381,8 +427,10 @@ impl Inner {
                 return;
             }
         }
-        let fresh: FutureProducer<TracingContext> =
-            match self.producer_config.create_with_context(TracingContext) {
+        let fresh: FutureProducer<QueueContext> =
+            match self.producer_config.create_with_context(QueueContext {
+                reachable: self.reachable.clone(),
+            }) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "creating a new kafka producer failed");
@@ -552,6 +600,17 @@ impl Queue for KafkaQueue {
             depth_events: self.inner.lag.load(Ordering::Relaxed),
             depth_bytes: self.inner.buffered.load(Ordering::Relaxed),
             capacity_bytes: self.inner.opts.max_buffered_bytes as u64,
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if self.inner.reachable.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no Kafka broker of {} is reachable",
+                self.inner.opts.brokers
+            ))
         }
     }
 

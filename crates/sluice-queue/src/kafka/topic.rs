@@ -3,6 +3,7 @@
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::ClientContext;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +12,8 @@ use super::{KafkaOptions, TracingContext};
 /// Whether `topic` exists with at least one partition, asking the brokers through
 /// `producer` (a blocking call, so on a blocking thread). `Err` when no broker
 /// answered within `timeout`.
-pub(super) async fn exists(
-    producer: Arc<FutureProducer<TracingContext>>,
+pub(super) async fn exists<C: ClientContext + 'static>(
+    producer: Arc<FutureProducer<C>>,
     topic: &str,
     timeout: Duration,
 ) -> Result<bool, String> {

@@ -4,7 +4,8 @@ the embedded WAL, NATS JetStream and Kafka (tansu), for single-event POSTs and f
 NDJSON bodies of 1,000 events, measured at the sink (file sink, fsynced).
 
 Method: as bench/e2e.py (whose run_case this reuses): `sluice serve --queue Q` pinned
-to core 0, wrk pinned to core 1, a warm-up, then N runs of D seconds, the median run;
+to core 0, wrk pinned to core 1, a fresh broker per case, a warm-up, then N runs of
+D seconds, the median run;
 throughput = events the sink delivered over the run (from /metrics), flagged when the
 queue backlog grew. The broker runs unpinned (it has no core of its own on a 2-core
 box), so broker figures include the broker's CPU competing with both.
@@ -67,6 +68,7 @@ def main():
     ap.add_argument("--timeout", type=int, default=10, help="wrk's request timeout, seconds")
     ap.add_argument("--queues", default="wal,nats,kafka")
     ap.add_argument("--cases", default="single-fsync,ndjson-fsync")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (server and broker logs)")
     args = ap.parse_args()
     if not os.path.exists(e2e.BIN):
         sys.exit("build first: cargo build --release")
@@ -77,24 +79,29 @@ def main():
     cases = {"single-fsync": (single, 1), "ndjson-fsync": (ndjson, 1000)}
     results = []
     for queue in args.queues.split(","):
-        broker = None
-        if queue == "wal":
-            args.server_args = ""
-        else:
-            d = os.path.join(tmp, queue)
-            os.makedirs(d)
-            broker, url = start_broker(queue, d)
-            args.server_args = f"--queue {url}"
-        try:
-            for name in args.cases.split(","):
+        for name in args.cases.split(","):
+            # A fresh broker per case: what one case leaves in the broker (a
+            # backlog, a consumer group) must not slow the next.
+            broker = None
+            if queue == "wal":
+                args.server_args = ""
+            else:
+                d = os.path.join(tmp, f"{queue}-{name}-broker")
+                os.makedirs(d)
+                broker, url = start_broker(queue, d)
+                args.server_args = f"--queue {url}"
+            try:
                 script, per = cases[name]
                 r = e2e.run_case(f"{queue}-{name}", "fsync", script, per, args, tmp)
                 results.append((queue, name, r))
-        finally:
-            if broker:
-                broker.kill()
-                broker.wait()
-    shutil.rmtree(tmp, ignore_errors=True)
+            finally:
+                if broker:
+                    broker.kill()
+                    broker.wait()
+    if args.keep:
+        print(f"logs kept under {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     print("| queue | case | req/s | delivered events/s | p50 ms | p99 ms | non-2xx | backlog grew |")
     print("|---|---|---|---|---|---|---|---|")
     for queue, name, r in results:

@@ -108,7 +108,8 @@ const REPAIR_INTERVAL: Duration = Duration::from_secs(5);
 /// [`Queue::health`]).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long [`Queue::close`] waits for outstanding delivery reports.
+/// How long [`Queue::close`] waits for dropped consumers to leave their group, and
+/// then for outstanding delivery reports.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the Kafka queue.
@@ -291,6 +292,8 @@ struct Inner {
     lag: Arc<AtomicU64>,
     /// Whether the producer has a broker connection up (see [`QueueContext`]).
     reachable: Arc<AtomicBool>,
+    /// Dropped consumers still leaving their group.
+    closing: consumer::Closing,
     closed: AtomicBool,
     /// Set while a repair runs; when the last one started.
     repairing: AtomicBool,
@@ -348,6 +351,7 @@ impl KafkaQueue {
                 buffered: AtomicU64::new(0),
                 lag: Arc::new(AtomicU64::new(0)),
                 reachable,
+                closing: Default::default(),
                 closed: AtomicBool::new(false),
                 repairing: AtomicBool::new(false),
                 last_repair: Mutex::new(None),
@@ -588,6 +592,7 @@ impl Queue for KafkaQueue {
             name,
             watch_interval,
             self.inner.lag.clone(),
+            self.inner.closing.clone(),
         )
         .map_err(|e| ConsumeError::Backend {
             message: format!("creating kafka consumer group {name:?}: {e}"),
@@ -618,6 +623,8 @@ impl Queue for KafkaQueue {
         self.inner.closed.store(true, Ordering::Release);
         let inner = self.inner.clone();
         Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+            consumer::wait_closed(&inner.closing, deadline).await;
             tokio::task::spawn_blocking(move || inner.producer().flush(CLOSE_TIMEOUT))
                 .await
                 .map_err(|e| ConsumeError::Backend {

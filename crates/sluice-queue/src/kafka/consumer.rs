@@ -42,8 +42,14 @@ pub(super) struct KafkaConsumer {
     /// Held by the one poll that receives records.
     receiving: tokio::sync::Mutex<()>,
     /// Measures the lag and repairs a group stuck without a rebalance.
-    _watch: super::watch::Watch,
+    watch: Option<super::watch::Watch>,
+    /// Where the drop leaves word that the close (leaving the group) is done; the
+    /// queue's close waits for it.
+    closing: Closing,
 }
+
+/// Closes of dropped consumers in progress, each done when its sender is dropped.
+pub(super) type Closing = Arc<Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>>;
 
 /// What this member handed out and what is done, shared with the rebalance callback.
 #[derive(Default)]
@@ -252,6 +258,7 @@ impl KafkaConsumer {
         group: &str,
         watch_interval: Duration,
         depth: Arc<std::sync::atomic::AtomicU64>,
+        closing: Closing,
     ) -> Result<KafkaConsumer, KafkaError> {
         let state = Arc::new(Mutex::new(GroupState::default()));
         let topic: Arc<str> = Arc::from(topic);
@@ -264,7 +271,7 @@ impl KafkaConsumer {
         consumer.subscribe(&[&topic])?;
         let consumer = Arc::new(consumer);
         let watch = super::watch::start(
-            consumer.clone(),
+            Arc::downgrade(&consumer),
             topic.clone(),
             group.to_string(),
             watch_interval,
@@ -276,7 +283,8 @@ impl KafkaConsumer {
             state,
             topic,
             receiving: tokio::sync::Mutex::new(()),
-            _watch: watch,
+            watch: Some(watch),
+            closing,
         })
     }
 
@@ -383,19 +391,45 @@ impl Consumer for KafkaConsumer {
 }
 
 impl Drop for KafkaConsumer {
-    /// Leaving the group commits the done prefix (the revoke callback) and waits for
-    /// the coordinator; with the brokers away librdkafka waits until they are back.
-    /// So it happens on a thread of its own, which neither blocks the caller nor
-    /// keeps a runtime's shutdown waiting (as a `spawn_blocking` task would).
+    /// Closing commits the done prefix (the revoke callback) and leaves the group, so
+    /// the others get its partitions at once rather than after a session timeout;
+    /// with the brokers away librdkafka waits until they are back. So it happens on a
+    /// thread of its own, which neither blocks the caller nor keeps a runtime's
+    /// shutdown waiting (as a `spawn_blocking` task would); [`Queue::close`] waits
+    /// for it, bounded.
+    ///
+    /// [`Queue::close`]: sluice_core::Queue::close
     fn drop(&mut self) {
+        // The watch lets go of the consumer first: the last handle's drop closes it.
+        drop(self.watch.take());
         let Some(consumer) = self.consumer.take() else {
             return;
         };
+        let (done, closed) = tokio::sync::oneshot::channel::<()>();
+        lock_closing(&self.closing).push(closed);
         // Should no thread be had, the failed spawn drops the closure, and so the
         // consumer, right here.
         let _ = std::thread::Builder::new()
             .name("kafka-consumer-close".into())
-            .spawn(move || drop(consumer));
+            .spawn(move || {
+                drop(consumer);
+                drop(done);
+            });
+    }
+}
+
+fn lock_closing(closing: &Closing) -> MutexGuard<'_, Vec<tokio::sync::oneshot::Receiver<()>>> {
+    closing.lock().expect("kafka closing lock poisoned")
+}
+
+/// Waits, until `deadline`, for the closes of dropped consumers.
+pub(super) async fn wait_closed(closing: &Closing, deadline: tokio::time::Instant) {
+    let pending = std::mem::take(&mut *lock_closing(closing));
+    for closed in pending {
+        if tokio::time::timeout_at(deadline, closed).await.is_err() {
+            tracing::warn!("a kafka consumer did not leave its group in time");
+            return;
+        }
     }
 }
 

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer as _, ConsumerContext, StreamConsumer};
@@ -42,9 +42,11 @@ impl Drop for Watch {
     }
 }
 
-/// Starts watching `consumer`'s group on `topic`; the depth goes to `depth`.
+/// Starts watching `consumer`'s group on `topic`; the depth goes to `depth`. The
+/// watch holds the consumer only while it looks, so that dropping the last handle
+/// elsewhere closes it (leaving the group).
 pub(super) fn start<C: ConsumerContext + 'static>(
-    consumer: Arc<StreamConsumer<C>>,
+    consumer: Weak<StreamConsumer<C>>,
     topic: Arc<str>,
     group: String,
     interval: Duration,
@@ -58,6 +60,9 @@ pub(super) fn start<C: ConsumerContext + 'static>(
         .spawn(move || {
             let mut stalls = Stalls::default();
             while sleep_unless_stopped(&stop, interval) {
+                let Some(consumer) = consumer.upgrade() else {
+                    return;
+                };
                 let positions = match look(&consumer, &topic, interval) {
                     Ok(p) => p,
                     Err(e) => {

@@ -48,9 +48,9 @@
 //! synchronous commit of revoked partitions on rebalance, at-least-once.
 //!
 //! Beside each consumer a thread watches the group (the `watch` module): it measures
-//! the lag, and leaves and rejoins the group when partitions with a backlog stop
-//! moving while nobody is assigned them (a broker that does not rebalance after a
-//! member died).
+//! the lag, and leaves and rejoins the group when another member's partitions have a
+//! backlog that has not moved for three session timeouts (a broker that does not
+//! rebalance after a member died).
 //!
 //! # Health
 //!

@@ -177,8 +177,9 @@ fn client_config(opts: &KafkaOptions) -> ClientConfig {
 
 /// The settings of the idempotent producer shared by the Kafka queue and the Kafka
 /// sink: `opts.client`, `enable.idempotence=true`, `acks=all`, `message.timeout.ms`
-/// = [`DELIVERY_TIMEOUT`], `message.max.bytes` = [`MAX_MESSAGE_BYTES`].
-pub fn producer_config(opts: &KafkaOptions) -> ClientConfig {
+/// = [`DELIVERY_TIMEOUT`], `message.max.bytes` = [`MAX_MESSAGE_BYTES`], then the
+/// caller's `extra`, then `opts.producer` (so a user's property wins).
+pub fn producer_config(opts: &KafkaOptions, extra: &[(&str, String)]) -> ClientConfig {
     let mut c = client_config(opts);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
@@ -187,6 +188,12 @@ pub fn producer_config(opts: &KafkaOptions) -> ClientConfig {
             DELIVERY_TIMEOUT.as_millis().to_string(),
         )
         .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
+    for (k, v) in extra {
+        c.set(*k, v);
+    }
+    for (k, v) in &opts.producer {
+        c.set(k, v);
+    }
     c
 }
 
@@ -316,20 +323,20 @@ impl KafkaQueue {
                 opts.session_timeout
             ));
         }
-        let mut config = producer_config(&opts);
         // librdkafka's own bound is left above ours, so ours refuses first.
         let kbytes = (opts.max_buffered_bytes / 1024 * 2).clamp(1024, i32::MAX as usize);
-        config
-            .set("queue.buffering.max.kbytes", kbytes.to_string())
-            // sluice creates its topic itself, with the configured partitions.
-            .set("allow.auto.create.topics", "false")
-            .set(
-                "statistics.interval.ms",
-                STATS_INTERVAL.as_millis().to_string(),
-            );
-        for (k, v) in &opts.producer {
-            config.set(k, v);
-        }
+        let config = producer_config(
+            &opts,
+            &[
+                ("queue.buffering.max.kbytes", kbytes.to_string()),
+                // sluice creates its topic itself, with the configured partitions.
+                ("allow.auto.create.topics", "false".into()),
+                (
+                    "statistics.interval.ms",
+                    STATS_INTERVAL.as_millis().to_string(),
+                ),
+            ],
+        );
         let reachable = Arc::new(AtomicBool::new(true));
         let producer: FutureProducer<QueueContext> = config
             .create_with_context(QueueContext {

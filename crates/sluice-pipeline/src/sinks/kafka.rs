@@ -26,11 +26,7 @@ impl KafkaSink {
     /// producer properties of `opts`. Connects lazily: an unreachable broker shows as
     /// retryable delivery failures.
     pub fn new(opts: &KafkaOptions) -> Result<KafkaSink, String> {
-        let mut config = producer_config(opts);
-        for (k, v) in &opts.producer {
-            config.set(k, v);
-        }
-        let producer = config
+        let producer = producer_config(opts, &[])
             .create_with_context(TracingContext)
             .map_err(|e| format!("creating a kafka producer for {}: {e}", opts.brokers))?;
         Ok(KafkaSink {

@@ -98,7 +98,9 @@ pub async fn open_queue(
 pub async fn build_sink(sink: &SinkConfig, dir: PathBuf) -> Result<Arc<dyn Sink>, StartError> {
     let url = sink.url.clone().unwrap_or_default();
     Ok(match sink.kind {
-        SinkKind::File => Arc::new(FileSink::new(dir, sink.max_file_bytes.0)),
+        SinkKind::File => Arc::new(
+            FileSink::new(dir, sink.max_file_bytes.0).keep_page_cache(sink.keep_page_cache),
+        ),
         SinkKind::Stdout => Arc::new(StdoutSink),
         SinkKind::Blackhole => Arc::new(BlackholeSink::default()),
         SinkKind::Nats => Arc::new(

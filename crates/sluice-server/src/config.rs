@@ -247,6 +247,9 @@ pub struct SinkConfig {
     pub dir: Option<PathBuf>,
     /// The file sink starts a new file past this size. Default `128 MiB`.
     pub max_file_bytes: ByteSize,
+    /// File sink: keep written pages in the page cache (for a local reader tailing
+    /// the files) instead of dropping them once synced. Default false.
+    pub keep_page_cache: bool,
     /// Where the `nats`, `kafka` and `http` sinks send: `nats://HOST:PORT`,
     /// `kafka://HOST:PORT`, `http(s)://HOST/PATH`.
     pub url: Option<String>,
@@ -339,6 +342,7 @@ impl Default for SinkConfig {
             kind: SinkKind::File,
             dir: None,
             max_file_bytes: ByteSize(128 << 20),
+            keep_page_cache: false,
             url: None,
             subject_prefix: "sluice.out".into(),
             nats_stream: None,

@@ -9,6 +9,15 @@
 //! returns; files only ever end in a complete line once synced. A crash can leave a
 //! partial last line (never synced, hence never committed): reopening the stream
 //! truncates it, and the queue redelivers those events.
+//!
+//! Once synced, a delivery's pages are clean and sluice never reads them again, so
+//! the sink tells the kernel to drop them (`POSIX_FADV_DONTNEED`), as PostgreSQL
+//! does for WAL segments it is done with. Without that, the output grows the page
+//! cache by its whole write rate, evicting what other processes (and the WAL's
+//! reader) use; on a VM whose free memory goes back to the host, every write then
+//! lands in pages the host must fault in again, which measured 3-10x slower than
+//! reusing a page (bench/RESULTS.md). `keep_page_cache` turns it off for a reader
+//! that tails the files.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -27,6 +36,7 @@ pub struct FileSink {
 struct Inner {
     root: PathBuf,
     max_file_bytes: u64,
+    keep_page_cache: bool,
     streams: Mutex<HashMap<String, Arc<Mutex<Option<StreamFile>>>>>,
 }
 
@@ -44,9 +54,19 @@ impl FileSink {
             inner: Arc::new(Inner {
                 root: root.into(),
                 max_file_bytes: max_file_bytes.max(1),
+                keep_page_cache: false,
                 streams: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Keeps written pages in the page cache (for a reader tailing the files)
+    /// instead of dropping them once synced.
+    pub fn keep_page_cache(mut self, keep: bool) -> FileSink {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the sink is cloned")
+            .keep_page_cache = keep;
+        self
     }
 
     /// The directory holding a stream's files.
@@ -111,6 +131,15 @@ impl Inner {
             // Drop the handle: reopening truncates whatever partial line we left.
             *slot = None;
             return Err(retry("writing", e));
+        }
+        if !self.keep_page_cache {
+            // Advice only: a failure costs memory, never data.
+            let _ = rustix::fs::fadvise(
+                &f.file,
+                f.size,
+                std::num::NonZeroU64::new(buf.len() as u64),
+                rustix::fs::Advice::DontNeed,
+            );
         }
         f.size += buf.len() as u64;
         if f.size >= self.max_file_bytes {

@@ -88,19 +88,38 @@ pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
 
 /// Decodes a record; payloads are zero-copy slices of `record`.
 pub fn decode(record: Bytes) -> Result<Vec<Event>, DecodeError> {
+    let mut events = Vec::new();
+    decode_into(record, &mut events)?;
+    Ok(events)
+}
+
+/// Decodes a record onto the end of `events`, so that a reader gathering many
+/// records fills one vector instead of moving each record's events again. On an
+/// error, `events` is left as it was.
+pub fn decode_into(record: Bytes, events: &mut Vec<Event>) -> Result<(), DecodeError> {
+    let before = events.len();
+    let result = decode_onto(record, events);
+    if result.is_err() {
+        events.truncate(before);
+    }
+    result
+}
+
+fn decode_onto(record: Bytes, events: &mut Vec<Event>) -> Result<(), DecodeError> {
     let total = record.len();
+    let first = events.len();
     let mut r = Reader { buf: record, total };
     let version = r.u8("version")?;
     if version != VERSION {
         return Err(DecodeError::Version { got: version });
     }
     let count = r.u32("count")? as usize;
-    let mut events: Vec<Event> = Vec::with_capacity(count.min(total / 30 + 1));
+    events.reserve(count.min(total / 30 + 1));
     for _ in 0..count {
         let id = r.string("id")?;
         let stream_bytes = r.bytes("stream")?;
         // A batch is almost always one stream: share the previous event's name.
-        let stream = match events.last() {
+        let stream = match events[first..].last() {
             Some(prev) if prev.stream.as_bytes() == &stream_bytes[..] => prev.stream.clone(),
             _ => std::str::from_utf8(&stream_bytes)
                 .map_err(|_| DecodeError::NotUtf8 { field: "stream" })?
@@ -133,7 +152,7 @@ pub fn decode(record: Bytes) -> Result<Vec<Event>, DecodeError> {
             extra: r.buf.remaining(),
         });
     }
-    Ok(events)
+    Ok(())
 }
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {

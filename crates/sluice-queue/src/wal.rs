@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use sluice_core::{
     AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, Queue, QueueStats,
 };
@@ -366,7 +365,8 @@ fn read_records(
     max_events: usize,
     max_bytes: usize,
 ) -> Result<(Vec<Event>, Option<u64>), String> {
-    let mut events: Vec<Event> = Vec::new();
+    // Sized for a full delivery up front: growing it would move every event again.
+    let mut events: Vec<Event> = Vec::with_capacity(max_events.min(1 << 16));
     let mut end = None;
     let mut bytes = 0;
     // Whole records only, so a delivery may pass max_events by less than one
@@ -397,8 +397,8 @@ fn read_records(
         }
         for r in records {
             end = Some(r.next);
-            match sluice_proto::record::decode(Bytes::from(r.data)) {
-                Ok(mut ev) => events.append(&mut ev),
+            match sluice_proto::record::decode_into(r.data, &mut events) {
+                Ok(()) => {}
                 Err(e) => tracing::error!(
                     pos = r.pos,
                     error = %e,
@@ -414,6 +414,7 @@ fn read_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn ev(n: usize) -> Event {
         Event::new("s", Bytes::from(format!("{{\"n\":{n}}}")))

@@ -4,6 +4,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tracing::{error, warn};
 
 use crate::error::ReadError;
@@ -18,7 +19,8 @@ pub struct Record {
     pub pos: u64,
     /// Position right after this record: what a consumer commits once it is done with it.
     pub next: u64,
-    pub data: Vec<u8>,
+    /// The payload: a slice of the reader's chunk, shared, not copied.
+    pub data: Bytes,
 }
 
 /// A cursor over the log. Independent of other readers; cheap to create.
@@ -114,9 +116,8 @@ impl Reader {
                 reason,
             })?;
         let data = file
-            .get(offset + FRAME_OVERHEAD, head.len as usize, limit)
-            .map_err(|e| Problem::Io(e, frame::segment_name(base)))?
-            .to_vec();
+            .get_bytes(offset + FRAME_OVERHEAD, head.len as usize, limit)
+            .map_err(|e| Problem::Io(e, frame::segment_name(base)))?;
         let next = self.pos + head.frame_len();
         debug_assert!(next <= span.limit);
         Ok(Some(Record {

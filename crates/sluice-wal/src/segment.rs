@@ -3,6 +3,8 @@
 
 use std::io;
 
+use bytes::{Bytes, BytesMut};
+
 use crate::frame::{self, FrameHead, HeaderProblem, FRAME_OVERHEAD, HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
 
@@ -13,10 +15,11 @@ const CHUNK: usize = 1 << 20;
 ///
 /// Only bytes below the `limit` given at refill time are cached; callers pass the
 /// durable end (or the file length), and bytes below it never change, so the cache
-/// never goes stale.
+/// never goes stale. A chunk is shared (`Bytes`): [`get_bytes`](Self::get_bytes)
+/// hands out slices of it without copying, and a refill starts a new chunk.
 pub struct CachedFile {
     file: Box<dyn StorageFile>,
-    buf: Vec<u8>,
+    buf: Bytes,
     buf_off: u64,
 }
 
@@ -24,26 +27,38 @@ impl CachedFile {
     pub fn new(file: Box<dyn StorageFile>) -> CachedFile {
         CachedFile {
             file,
-            buf: Vec::new(),
+            buf: Bytes::new(),
             buf_off: 0,
         }
     }
 
     /// Returns `n` bytes at `off`, or fewer when the file (or `limit`) ends first.
     pub fn get(&mut self, off: u64, n: usize, limit: u64) -> io::Result<&[u8]> {
+        let range = self.fill(off, n, limit)?;
+        Ok(&self.buf[range])
+    }
+
+    /// [`get`](Self::get) as a slice of the shared chunk, without a copy.
+    pub fn get_bytes(&mut self, off: u64, n: usize, limit: u64) -> io::Result<Bytes> {
+        let range = self.fill(off, n, limit)?;
+        Ok(self.buf.slice(range))
+    }
+
+    fn fill(&mut self, off: u64, n: usize, limit: u64) -> io::Result<std::ops::Range<usize>> {
         let have = off >= self.buf_off && off + n as u64 <= self.buf_off + self.buf.len() as u64;
         if !have {
             let want = (n.max(CHUNK) as u64)
                 .min(limit.saturating_sub(off))
                 .max(n as u64);
-            self.buf.resize(want as usize, 0);
-            let got = self.file.read_full_at(off, &mut self.buf)?;
-            self.buf.truncate(got);
+            let mut buf = BytesMut::zeroed(want as usize);
+            let got = self.file.read_full_at(off, &mut buf)?;
+            buf.truncate(got);
+            self.buf = buf.freeze();
             self.buf_off = off;
         }
         let start = (off - self.buf_off) as usize;
         let end = (start + n).min(self.buf.len());
-        Ok(&self.buf[start.min(end)..end])
+        Ok(start.min(end)..end)
     }
 
     pub fn file(&self) -> &dyn StorageFile {

@@ -105,5 +105,5 @@ fn callbacks_see_their_record_durable() {
     )
     .unwrap();
     let seen = rx.recv().unwrap();
-    assert_eq!(seen[0].data, b"hello");
+    assert_eq!(seen[0].data, &b"hello"[..]);
 }

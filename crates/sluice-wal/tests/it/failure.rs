@@ -35,6 +35,6 @@ fn failed_fsync_poisons_the_wal() {
     let rebooted = storage.crash(1, 0);
     let (wal, _) = Wal::open_with_storage(rebooted, small_opts()).unwrap();
     let records = crate::read_all(&mut wal.reader(0));
-    assert_eq!(records[0].data, b"before");
+    assert_eq!(records[0].data, &b"before"[..]);
     assert!(records.len() <= 2);
 }

@@ -87,7 +87,7 @@ fn reopen_resumes_after_the_last_record() {
     assert_eq!(pos, end);
     let all = read_all(&mut wal.reader(0));
     assert_eq!(all.len(), 51);
-    assert_eq!(all[50].data, b"after reopen");
+    assert_eq!(all[50].data, &b"after reopen"[..]);
 }
 
 #[test]
@@ -239,7 +239,7 @@ fn torn_tail_is_truncated_on_open_with_byte_count() {
     assert_eq!(rec.truncated_bytes, 12);
     let all = read_all(&mut wal.reader(0));
     assert_eq!(all.len(), 21);
-    assert_eq!(all[20].data, b"next");
+    assert_eq!(all[20].data, &b"next"[..]);
 }
 
 #[test]

@@ -10,5 +10,5 @@ mod processor;
 mod retry;
 pub mod sinks;
 
-pub use processor::{Processor, ProcessorOptions, ProcessorStats};
+pub use processor::{default_workers, Processor, ProcessorOptions, ProcessorStats};
 pub use retry::Backoff;

@@ -58,10 +58,23 @@ pub struct ProcessorOptions {
     pub max_deliveries: u32,
 }
 
+/// Concurrent deliveries when none are configured: two per core, at least four.
+///
+/// A delivery spends much of its time waiting on its sink (the file sink's
+/// `fdatasync`, a broker's ack, an HTTP answer), during which a worker per core would
+/// leave its core idle; more workers overlap one delivery's wait with the next one's
+/// reading and formatting. Measured with the server pinned to one core (NDJSON
+/// bodies, file sink): 1 worker delivered ~830k events/s with the core 74 % busy,
+/// 4 workers ~1.1M (bench/RESULTS.md).
+pub fn default_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cores).max(4)
+}
+
 impl Default for ProcessorOptions {
     fn default() -> Self {
         ProcessorOptions {
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            workers: default_workers(),
             batch_max_events: 5000,
             batch_max_wait: Duration::from_millis(20),
             retry_initial: Duration::from_millis(100),

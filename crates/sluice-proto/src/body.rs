@@ -68,16 +68,34 @@ pub fn split_json(body: &Bytes) -> Result<Vec<Bytes>, BodyError> {
 /// Splits an NDJSON body into payloads, one JSON object per non-blank line.
 /// The first bad line fails the whole body, with its 1-based line number.
 pub fn split_ndjson(body: &Bytes) -> Result<Vec<Bytes>, BodyError> {
+    // UTF-8 once for the whole body: one long check is much cheaper than one per line.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = memchr::memchr_iter(b'\n', &body[..at]).count() + 1;
+        let column = at - memchr::memrchr(b'\n', &body[..at]).map_or(0, |i| i + 1);
+        let e = crate::json::SyntaxError {
+            at: column,
+            what: "invalid UTF-8",
+        };
+        BodyError::new(
+            "invalid_json",
+            format!("invalid JSON on line {line}: {e}"),
+            Some(line),
+        )
+    })?;
     let mut out = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count() + 1);
     let mut start = 0;
     let mut line_no = 0;
-    while start < body.len() {
+    while start < text.len() {
         line_no += 1;
         let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |i| start + i);
-        let line = trim_ws(&body[start..end]);
+        // Cut at ASCII newlines, so always on character boundaries.
+        let line = text[start..end].trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'));
         if !line.is_empty() {
-            validate_object(line, Some(line_no))?;
-            out.push(body.slice_ref(line));
+            check_object(line.as_bytes(), Some(line_no), || {
+                crate::json::validate_str(line)
+            })?;
+            out.push(body.slice_ref(line.as_bytes()));
         }
         start = end + 1;
     }
@@ -112,6 +130,15 @@ pub fn validate_payload(payload: &[u8], n: usize) -> Result<(), BodyError> {
 }
 
 fn validate_object(text: &[u8], line: Option<usize>) -> Result<(), BodyError> {
+    check_object(text, line, || crate::json::validate(text))
+}
+
+/// Refuses `text` unless it starts an object and `syntax` accepts it.
+fn check_object(
+    text: &[u8],
+    line: Option<usize>,
+    syntax: impl FnOnce() -> Result<(), crate::json::SyntaxError>,
+) -> Result<(), BodyError> {
     if text.first() != Some(&b'{') {
         let what = line.map_or(String::from("body"), |l| format!("line {l}"));
         return Err(BodyError::new(
@@ -120,7 +147,7 @@ fn validate_object(text: &[u8], line: Option<usize>) -> Result<(), BodyError> {
             line,
         ));
     }
-    crate::json::validate(text).map_err(|e| {
+    syntax().map_err(|e| {
         let msg = match line {
             Some(l) => format!("invalid JSON on line {l}: {e}"),
             None => format!("invalid JSON: {e}"),
@@ -187,5 +214,20 @@ mod tests {
         let err = split_ndjson(&b("{\"a\":1}\n\n[1]\n")).unwrap_err();
         assert_eq!(err.code, "not_an_object");
         assert_eq!(err.line, Some(3));
+    }
+
+    #[test]
+    fn ndjson_invalid_utf8_names_its_line_and_column() {
+        let body = Bytes::from_static(b"{\"a\":1}\n{\"b\":\"\xc3\xa9\"}\n{\"c\":\"x\xff\"}\n");
+        let err = split_ndjson(&body).unwrap_err();
+        assert_eq!(err.code, "invalid_json");
+        assert_eq!(err.line, Some(3));
+        assert_eq!(
+            err.message,
+            "invalid JSON on line 3: invalid UTF-8 at column 8"
+        );
+        // Valid multi-byte text is kept verbatim.
+        let ok = split_ndjson(&Bytes::from_static(b"{\"b\":\"\xc3\xa9\"}\n")).unwrap();
+        assert_eq!(&ok[0][..], b"{\"b\":\"\xc3\xa9\"}");
     }
 }

@@ -81,8 +81,8 @@ pub fn write_line_cached(event: &Event, out: &mut Vec<u8>, time: &mut TimeCache)
 fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    // Ids and stream names almost never need escaping: one branch-free scan first.
-    if !bytes.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\') {
+    // Ids and stream names almost never need escaping: one fast scan first.
+    if crate::scan::string_special(bytes, 0) == bytes.len() {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;

@@ -26,12 +26,18 @@ pub const MAX_DEPTH: usize = 128;
 
 /// Checks that `doc` is exactly one JSON value, optionally surrounded by whitespace.
 pub fn validate(doc: &[u8]) -> Result<(), SyntaxError> {
-    if let Err(e) = std::str::from_utf8(doc) {
-        return Err(SyntaxError {
+    match std::str::from_utf8(doc) {
+        Ok(text) => validate_str(text),
+        Err(e) => Err(SyntaxError {
             at: e.valid_up_to(),
             what: "invalid UTF-8",
-        });
+        }),
     }
+}
+
+/// [`validate`] for text already known to be UTF-8 (a body checked once as a whole).
+pub fn validate_str(doc: &str) -> Result<(), SyntaxError> {
+    let doc = doc.as_bytes();
     let mut p = Parser { b: doc, i: 0 };
     p.value()?;
     p.ws();
@@ -141,12 +147,7 @@ impl Parser<'_> {
         self.i += 1; // the opening quote
         loop {
             // Skip the plain run in one go.
-            let rest = &self.b[self.i.min(self.b.len())..];
-            let run = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                .unwrap_or(rest.len());
-            self.i += run;
+            self.i = crate::scan::string_special(self.b, self.i);
             match self.peek() {
                 b'"' if self.i < self.b.len() => {
                     self.i += 1;

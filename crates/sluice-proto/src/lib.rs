@@ -14,6 +14,7 @@ pub mod broker;
 pub mod envelope;
 pub mod json;
 pub mod record;
+mod scan;
 
 /// Generated from `proto/sluice/v1/ingest.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

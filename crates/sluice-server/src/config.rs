@@ -194,7 +194,8 @@ impl Default for GrpcConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorConfig {
-    /// Concurrent deliveries; 0 means one per core (default).
+    /// Concurrent deliveries; 0 (default) means two per core, at least four
+    /// (deliveries mostly wait on their sink).
     pub workers: usize,
     /// Most events per delivery. Default 5,000: each delivery costs a sink write and
     /// an fsync, so bigger deliveries carry more events per fsync (measured: 1,000 →
@@ -566,10 +567,10 @@ impl Config {
         self.data_dir.join("wal")
     }
 
-    /// Worker count with 0 resolved to the number of cores.
+    /// Worker count with 0 resolved to the default.
     pub fn workers(&self) -> usize {
         match self.processor.workers {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            0 => sluice_pipeline::default_workers(),
             n => n,
         }
     }

@@ -18,9 +18,20 @@
 //!   retried on another upstream, up to `gateway.max_attempts` tries.
 //! - Back-pressure passes through: RESOURCE_EXHAUSTED from every upstream tried
 //!   becomes 429 with the upstream's retry delay; no upstream reachable becomes 503.
+//! - Requests are merged under load, as a group commit: at most
+//!   `gateway.max_in_flight` upstream calls per upstream run at once (2 by default),
+//!   and the requests that
+//!   arrive meanwhile (of one stream, up to `gateway.max_batch_bytes`) go out
+//!   together as one `IngestRequest` when a call finishes. Each producer is answered
+//!   once the merged call is acked, so the durable-ack contract is unchanged; a lone
+//!   request goes out at once. One call per many requests is what an upstream call
+//!   costs at both ends (the gateway's HTTP/2 client and protobuf encode, the
+//!   ingest node's gRPC server and WAL append). A merged call that fails fails
+//!   every request in it, with the same status each (429 with its own batch, or 503).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use std::future::Future;
@@ -81,6 +92,49 @@ pub struct Upstreams {
     api_key: Option<tonic::metadata::AsciiMetadataValue>,
     closed: CancellationToken,
     metrics: Arc<Metrics>,
+    merge: Mutex<Merge>,
+    /// This value's own `Arc`, for spawning the tasks that send merged calls.
+    me: Weak<Upstreams>,
+}
+
+/// Requests waiting for an upstream call slot, and the calls running.
+#[derive(Default)]
+struct Merge {
+    waiting: VecDeque<Waiter>,
+    senders: usize,
+}
+
+/// One producer's request, waiting to go out in the next merged call.
+struct Waiter {
+    batch: Batch,
+    bytes: usize,
+    done: tokio::sync::oneshot::Sender<Result<(), AppendError>>,
+}
+
+/// Most events in one merged call.
+const MAX_MERGED_EVENTS: usize = 100_000;
+
+/// Why no upstream took a batch.
+enum Failure {
+    /// Every upstream tried is full: 429 after this long.
+    Full(Duration),
+    /// Unreachable, failing or refusing: 503 with this message.
+    Backend(String),
+}
+
+impl Failure {
+    fn error(&self, batch: Batch) -> AppendError {
+        match self {
+            Failure::Full(retry_after) => AppendError::Full {
+                batch: Box::new(batch),
+                reason: "every upstream tried is full".into(),
+                retry_after: *retry_after,
+            },
+            Failure::Backend(message) => AppendError::Backend {
+                message: message.clone(),
+            },
+        }
+    }
 }
 
 /// How one attempt on an upstream ended.
@@ -135,12 +189,14 @@ impl Upstreams {
                     .map_err(|_| "gateway.upstream_api_key is not a valid header value")?,
             ),
         };
-        let me = Arc::new(Upstreams {
+        let me = Arc::new_cyclic(|me| Upstreams {
             upstreams,
             config,
             api_key,
             closed: CancellationToken::new(),
             metrics,
+            merge: Mutex::new(Merge::default()),
+            me: me.clone(),
         });
         me.metrics
             .gateway_upstreams_healthy
@@ -308,15 +364,15 @@ impl Upstreams {
     }
 }
 
-/// The batch as one protobuf request: events keep their ids, streams, keys, headers.
-fn to_request(batch: &Batch) -> IngestRequest {
-    let stream = batch
-        .events
-        .first()
+/// Batches of one stream as one protobuf request: events keep their ids, streams,
+/// keys, headers.
+fn to_request<'a>(batches: impl Iterator<Item = &'a Batch> + Clone) -> IngestRequest {
+    let stream = batches
+        .clone()
+        .find_map(|b| b.events.first())
         .map_or(String::new(), |e| e.stream.to_string());
-    let events = batch
-        .events
-        .iter()
+    let events = batches
+        .flat_map(|b| b.events.iter())
         .map(|e| pb::Event {
             id: e.id.clone(),
             stream: if *e.stream == *stream {
@@ -337,63 +393,134 @@ fn to_request(batch: &Batch) -> IngestRequest {
     }
 }
 
+/// The stream of every event of `batch`, if there is exactly one.
+fn one_stream(batch: &Batch) -> Option<&Arc<str>> {
+    let first = &batch.events.first()?.stream;
+    batch
+        .events
+        .iter()
+        .all(|e| Arc::ptr_eq(&e.stream, first) || e.stream == *first)
+        .then_some(first)
+}
+
+impl Upstreams {
+    /// Sends `req` to an upstream, trying others as the config allows.
+    async fn forward(&self, req: IngestRequest) -> Result<(), Failure> {
+        self.metrics.gateway_calls.inc();
+        let mut tried = Vec::new();
+        let mut full: Option<Duration> = None;
+        let mut last_error = String::from("no upstream tried");
+        while tried.len() < self.config.max_attempts as usize {
+            let Some(i) = self.pick(&tried) else { break };
+            if !tried.is_empty() {
+                self.metrics.gateway_retries.inc();
+            }
+            tried.push(i);
+            let u = &self.upstreams[i];
+            match self.attempt(u, req.clone()).await {
+                Attempt::Ok => {
+                    self.record(u, true);
+                    return Ok(());
+                }
+                Attempt::Full(wait) => {
+                    self.record(u, true);
+                    full = Some(full.map_or(wait, |w| w.min(wait)));
+                }
+                Attempt::Failed(why) => {
+                    self.record(u, false);
+                    tracing::debug!(upstream = %u.uri, error = %why, "upstream attempt failed");
+                    last_error = format!("{}: {why}", u.uri);
+                }
+                Attempt::Refused(status) => {
+                    self.record(u, true);
+                    return Err(Failure::Backend(format!(
+                        "upstream {} refused the batch: {:?}: {}",
+                        u.uri,
+                        status.code(),
+                        status.message()
+                    )));
+                }
+            }
+        }
+        Err(match full {
+            Some(retry_after) => Failure::Full(retry_after),
+            None => Failure::Backend(format!(
+                "no upstream took the batch after {} attempts (last: {last_error})",
+                tried.len()
+            )),
+        })
+    }
+
+    /// Sends merged calls while requests are waiting; one such task per call slot.
+    async fn send_waiting(self: Arc<Self>) {
+        loop {
+            let group = {
+                let mut m = self.merge.lock().expect("merge lock poisoned");
+                let Some(first) = m.waiting.pop_front() else {
+                    m.senders -= 1;
+                    return;
+                };
+                let stream = first.batch.events[0].stream.clone();
+                let (mut bytes, mut events) = (first.bytes, first.batch.len());
+                let mut group = vec![first];
+                // In arrival order, while the next one is of the same stream and fits.
+                while let Some(next) = m.waiting.front() {
+                    if next.batch.events[0].stream != stream
+                        || bytes + next.bytes > self.config.max_batch_bytes.0 as usize
+                        || events + next.batch.len() > MAX_MERGED_EVENTS
+                    {
+                        break;
+                    }
+                    bytes += next.bytes;
+                    events += next.batch.len();
+                    group.push(m.waiting.pop_front().expect("looked at it"));
+                }
+                group
+            };
+            self.metrics.gateway_merged_requests.inc_by(group.len() as u64);
+            let outcome = self.forward(to_request(group.iter().map(|w| &w.batch))).await;
+            for w in group {
+                let answer = match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(failure) => Err(failure.error(w.batch)),
+                };
+                // A producer that went away gets no answer; its events are acked upstream.
+                let _ = w.done.send(answer);
+            }
+        }
+    }
+}
+
 impl Queue for Upstreams {
     fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
         Box::pin(async move {
             if self.closed.is_cancelled() {
                 return Err(AppendError::ShuttingDown);
             }
-            let req = to_request(&batch);
-            let mut tried = Vec::new();
-            let mut full: Option<Duration> = None;
-            let mut last_error = String::from("no upstream tried");
-            while tried.len() < self.config.max_attempts as usize {
-                let Some(i) = self.pick(&tried) else { break };
-                if !tried.is_empty() {
-                    self.metrics.gateway_retries.inc();
+            let bytes = batch.size_hint();
+            let mergeable = self.config.max_in_flight > 0
+                && one_stream(&batch).is_some()
+                && bytes <= self.config.max_batch_bytes.0 as usize
+                && batch.len() <= MAX_MERGED_EVENTS;
+            let me = self.me.upgrade();
+            let Some(me) = me.filter(|_| mergeable) else {
+                let req = to_request(std::iter::once(&batch));
+                return self.forward(req).await.map_err(|f| f.error(batch));
+            };
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let start_sender = {
+                let mut m = self.merge.lock().expect("merge lock poisoned");
+                m.waiting.push_back(Waiter { batch, bytes, done });
+                let start = m.senders < self.config.max_in_flight * self.upstreams.len();
+                if start {
+                    m.senders += 1;
                 }
-                tried.push(i);
-                let u = &self.upstreams[i];
-                match self.attempt(u, req.clone()).await {
-                    Attempt::Ok => {
-                        self.record(u, true);
-                        return Ok(());
-                    }
-                    Attempt::Full(wait) => {
-                        self.record(u, true);
-                        full = Some(full.map_or(wait, |w| w.min(wait)));
-                    }
-                    Attempt::Failed(why) => {
-                        self.record(u, false);
-                        tracing::debug!(upstream = %u.uri, error = %why, "upstream attempt failed");
-                        last_error = format!("{}: {why}", u.uri);
-                    }
-                    Attempt::Refused(status) => {
-                        self.record(u, true);
-                        return Err(AppendError::Backend {
-                            message: format!(
-                                "upstream {} refused the batch: {:?}: {}",
-                                u.uri,
-                                status.code(),
-                                status.message()
-                            ),
-                        });
-                    }
-                }
+                start
+            };
+            if start_sender {
+                tokio::spawn(me.send_waiting());
             }
-            match full {
-                Some(retry_after) => Err(AppendError::Full {
-                    batch: Box::new(batch),
-                    reason: "every upstream tried is full".into(),
-                    retry_after,
-                }),
-                None => Err(AppendError::Backend {
-                    message: format!(
-                        "no upstream took the batch after {} attempts (last: {last_error})",
-                        tried.len()
-                    ),
-                }),
-            }
+            answer.await.unwrap_or(Err(AppendError::ShuttingDown))
         })
     }
 

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub gateway_retries: Counter,
     /// Gateway: upstreams taken out of rotation.
     pub gateway_ejections: Counter,
+    /// Gateway: calls to upstreams (first attempts; retries are counted apart).
+    pub gateway_calls: Counter,
+    /// Gateway: producer requests that went out in a merged call.
+    pub gateway_merged_requests: Counter,
     queue_depth_events: Gauge,
     queue_depth_bytes: Gauge,
     queue_capacity_bytes: Gauge,
@@ -147,6 +151,18 @@ impl Metrics {
             "Gateway upstreams ejected after consecutive failures",
             gateway_ejections.clone(),
         );
+        let gateway_calls = Counter::default();
+        r.register(
+            "sluice_gateway_upstream_calls",
+            "Gateway calls to upstreams (retries counted apart)",
+            gateway_calls.clone(),
+        );
+        let gateway_merged_requests = Counter::default();
+        r.register(
+            "sluice_gateway_merged_requests",
+            "Gateway producer requests sent in merged upstream calls",
+            gateway_merged_requests.clone(),
+        );
         let group_commit_records = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         r.register(
             "sluice_wal_group_commit_records",
@@ -216,6 +232,8 @@ impl Metrics {
             gateway_upstreams_healthy,
             gateway_retries,
             gateway_ejections,
+            gateway_calls,
+            gateway_merged_requests,
             queue_depth_events,
             queue_depth_bytes,
             queue_capacity_bytes,

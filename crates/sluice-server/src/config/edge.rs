@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::HumanDuration;
+use super::{ByteSize, HumanDuration};
 
 /// `[tls]`: with `cert` and `key` set, `listen` (and `admin_listen`, unless `admin` is
 /// false) speak only TLS 1.2/1.3, offering ALPN `h2` and `http/1.1`. The files are
@@ -68,6 +68,15 @@ pub struct GatewayConfig {
     pub max_attempts: u32,
     /// API key the gateway presents to the upstreams, if they require one.
     pub upstream_api_key: Option<String>,
+    /// Upstream calls in flight at once, per upstream; requests arriving while all
+    /// are busy are merged into the next call (per stream). 0 sends one call per
+    /// request. Default 2: fewer calls carry more requests each, and each call costs
+    /// both ends far more than the events in it (bench/RESULTS.md).
+    pub max_in_flight: usize,
+    /// Largest merged call, in event bytes (ids, payloads, headers). A request
+    /// larger than this goes out alone. Default `4 MiB`; keep it well under the
+    /// ingest nodes' `http.max_body_bytes`.
+    pub max_batch_bytes: ByteSize,
 }
 
 impl Default for GatewayConfig {
@@ -81,6 +90,8 @@ impl Default for GatewayConfig {
             probe_interval: HumanDuration(Duration::from_secs(1)),
             max_attempts: 3,
             upstream_api_key: None,
+            max_in_flight: 2,
+            max_batch_bytes: ByteSize(4 << 20),
         }
     }
 }

@@ -132,6 +132,38 @@ async fn no_upstream_is_503_and_full_upstreams_are_429() {
     assert_eq!(limited.json()["error"]["code"], "queue_full");
 }
 
+/// Concurrent requests share upstream calls (a group commit at the gateway), each
+/// producer still gets its own 202, and every event is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_merged_into_fewer_upstream_calls() {
+    let up = start(&[], NodeOptions::default()).await;
+    let gw = gateway(&[up.node.http_addr], &[("gateway.max_in_flight", "1")]).await;
+    let http = Http::h2();
+    let mut tasks = Vec::new();
+    for n in 0..300u64 {
+        let (http, url) = (http.clone(), gw.events_url("merged"));
+        tasks.push(tokio::spawn(async move {
+            http.post(&url, &[JSON], format!("{{\"n\":{n}}}")).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        assert_eq!(r.json()["accepted"], 1, "each producer is answered for its own events");
+    }
+    let all: BTreeSet<u64> = (0..300).collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || delivered_ns(&up.out_dir("merged")) == all)
+            .await
+    );
+    assert_eq!(sink_lines(&up.out_dir("merged")).len(), 300, "each event once");
+    let m = gw.metrics().await;
+    let calls = metric(&m, "sluice_gateway_upstream_calls_total");
+    let merged = metric(&m, "sluice_gateway_merged_requests_total");
+    assert_eq!(merged, 300.0, "{m}");
+    assert!(calls < 150.0, "300 requests took {calls} upstream calls");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_killed_under_load_loses_nothing_and_producers_see_no_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -477,8 +477,12 @@ impl Upstreams {
                 }
                 group
             };
-            self.metrics.gateway_merged_requests.inc_by(group.len() as u64);
-            let outcome = self.forward(to_request(group.iter().map(|w| &w.batch))).await;
+            self.metrics
+                .gateway_merged_requests
+                .inc_by(group.len() as u64);
+            let outcome = self
+                .forward(to_request(group.iter().map(|w| &w.batch)))
+                .await;
             for w in group {
                 let answer = match &outcome {
                     Ok(()) => Ok(()),

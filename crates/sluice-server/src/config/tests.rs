@@ -38,10 +38,22 @@ fn defaults_without_any_source() {
     assert_eq!(c.queue.ack, AckMode::Fsync);
     assert_eq!(c.http.max_body_bytes.0, 10 << 20);
     assert_eq!(c.sink_dir(), PathBuf::from("./sluice-data/out"));
-    assert!(!c.sink.keep_page_cache, "synced output leaves the page cache");
+    assert!(
+        !c.sink.keep_page_cache,
+        "synced output leaves the page cache"
+    );
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    assert_eq!(c.workers(), (2 * cores).max(4), "deliveries wait on the sink");
-    let c = load("[sink]\nkeep_page_cache = true\n[processor]\nworkers = 3\n", &[], &[]).unwrap();
+    assert_eq!(
+        c.workers(),
+        (2 * cores).max(4),
+        "deliveries wait on the sink"
+    );
+    let c = load(
+        "[sink]\nkeep_page_cache = true\n[processor]\nworkers = 3\n",
+        &[],
+        &[],
+    )
+    .unwrap();
     assert!(c.sink.keep_page_cache);
     assert_eq!(c.workers(), 3);
 }

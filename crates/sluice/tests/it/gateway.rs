@@ -149,14 +149,24 @@ async fn concurrent_requests_are_merged_into_fewer_upstream_calls() {
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
-        assert_eq!(r.json()["accepted"], 1, "each producer is answered for its own events");
+        assert_eq!(
+            r.json()["accepted"],
+            1,
+            "each producer is answered for its own events"
+        );
     }
     let all: BTreeSet<u64> = (0..300).collect();
     assert!(
-        wait_until(Duration::from_secs(20), || delivered_ns(&up.out_dir("merged")) == all)
-            .await
+        wait_until(Duration::from_secs(20), || delivered_ns(
+            &up.out_dir("merged")
+        ) == all)
+        .await
     );
-    assert_eq!(sink_lines(&up.out_dir("merged")).len(), 300, "each event once");
+    assert_eq!(
+        sink_lines(&up.out_dir("merged")).len(),
+        300,
+        "each event once"
+    );
     let m = gw.metrics().await;
     let calls = metric(&m, "sluice_gateway_upstream_calls_total");
     let merged = metric(&m, "sluice_gateway_merged_requests_total");

@@ -18,16 +18,16 @@
 //!   retried on another upstream, up to `gateway.max_attempts` tries.
 //! - Back-pressure passes through: RESOURCE_EXHAUSTED from every upstream tried
 //!   becomes 429 with the upstream's retry delay; no upstream reachable becomes 503.
-//! - Requests are merged under load, as a group commit: at most
-//!   `gateway.max_in_flight` upstream calls per upstream run at once (2 by default),
-//!   and the requests that
-//!   arrive meanwhile (of one stream, up to `gateway.max_batch_bytes`) go out
-//!   together as one `IngestRequest` when a call finishes. Each producer is answered
-//!   once the merged call is acked, so the durable-ack contract is unchanged; a lone
-//!   request goes out at once. One call per many requests is what an upstream call
-//!   costs at both ends (the gateway's HTTP/2 client and protobuf encode, the
-//!   ingest node's gRPC server and WAL append). A merged call that fails fails
-//!   every request in it, with the same status each (429 with its own batch, or 503).
+//! - Requests are merged under load, like a group commit: at most
+//!   `gateway.max_in_flight` calls per upstream run at once (2 by default), and the
+//!   requests that arrive meanwhile (of one stream, up to `gateway.max_batch_bytes`)
+//!   go out together as one `IngestRequest` when a call finishes; a lone request
+//!   goes out at once. Each producer is answered once the merged call is acked, so
+//!   the durable-ack contract is unchanged. An upstream call costs far more at both
+//!   ends (the gateway's HTTP/2 client and protobuf encode, the ingest node's gRPC
+//!   server and WAL append) than the events in it, so fewer, fuller calls are
+//!   cheaper. A merged call that fails fails every request in it, each with the same
+//!   status (429 with its own batch back, or 503).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};

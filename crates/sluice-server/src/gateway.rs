@@ -477,9 +477,11 @@ impl Upstreams {
                 }
                 group
             };
-            self.metrics
-                .gateway_merged_requests
-                .inc_by(group.len() as u64);
+            if group.len() > 1 {
+                self.metrics
+                    .gateway_merged_requests
+                    .inc_by(group.len() as u64);
+            }
             let outcome = self
                 .forward(to_request(group.iter().map(|w| &w.batch)))
                 .await;

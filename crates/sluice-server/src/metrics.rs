@@ -53,7 +53,7 @@ pub struct Metrics {
     pub gateway_ejections: Counter,
     /// Gateway: calls to upstreams (first attempts; retries are counted apart).
     pub gateway_calls: Counter,
-    /// Gateway: producer requests that went out in a merged call.
+    /// Gateway: producer requests that shared an upstream call with others.
     pub gateway_merged_requests: Counter,
     queue_depth_events: Gauge,
     queue_depth_bytes: Gauge,
@@ -160,7 +160,7 @@ impl Metrics {
         let gateway_merged_requests = Counter::default();
         r.register(
             "sluice_gateway_merged_requests",
-            "Gateway producer requests sent in merged upstream calls",
+            "Gateway producer requests that shared an upstream call with others",
             gateway_merged_requests.clone(),
         );
         let group_commit_records = Histogram::new(exponential_buckets(1.0, 2.0, 14));

@@ -42,12 +42,8 @@ fn defaults_without_any_source() {
         !c.sink.keep_page_cache,
         "synced output leaves the page cache"
     );
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    assert_eq!(
-        c.workers(),
-        (2 * cores).max(4),
-        "deliveries wait on the sink"
-    );
+    assert_eq!(c.workers(), sluice_pipeline::default_workers());
+    assert!(c.workers() >= 4, "deliveries wait on the sink");
     let c = load(
         "[sink]\nkeep_page_cache = true\n[processor]\nworkers = 3\n",
         &[],

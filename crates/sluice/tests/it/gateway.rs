@@ -170,8 +170,11 @@ async fn concurrent_requests_are_merged_into_fewer_upstream_calls() {
     let m = gw.metrics().await;
     let calls = metric(&m, "sluice_gateway_upstream_calls_total");
     let merged = metric(&m, "sluice_gateway_merged_requests_total");
-    assert_eq!(merged, 300.0, "{m}");
     assert!(calls < 150.0, "300 requests took {calls} upstream calls");
+    assert!(
+        merged >= 300.0 - calls,
+        "{merged} merged, {calls} calls: {m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

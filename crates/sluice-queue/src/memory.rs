@@ -1,12 +1,20 @@
 //! The bounded in-memory queue.
 //!
 //! A lock-free ring (`crossbeam_queue::ArrayQueue`) of whole batches — one slot per
-//! request — bounded in events and bytes by two atomic budgets. An append reserves
-//! room for the whole batch in both budgets first, so it is all-or-nothing, and then
-//! moves the batch's vector into one slot: the per-event cost is nothing, the
-//! per-request cost one reservation and one CAS. A poll pops whole batches, so a
-//! delivery may pass `max_events` by less than one batch (as with the WAL). Not
-//! durable: acks mean the events are in this process's memory.
+//! request — bounded in events and bytes. An append reserves room for the whole batch
+//! first, so it is all-or-nothing, and then moves the batch's vector into one slot:
+//! the per-event cost is nothing, the per-request cost one reservation and one CAS.
+//! A poll pops whole batches, so a delivery may pass `max_events` by less than one
+//! batch (as with the WAL). Not durable: acks mean the events are in this process's
+//! memory.
+//!
+//! The bound is kept without a counter both sides write. Producers count what they
+//! ever reserved, consumers what they ever released, each on a cache line of its
+//! own; the depth is the difference. A producer compares against its side's last
+//! look at the consumers' count and reads theirs only when that stale look says the
+//! queue is full, so while there is room a push touches no line a consumer writes
+//! (besides the ring's slot). A stale look only ever overstates the depth, so the
+//! bound holds.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,13 +38,33 @@ pub struct MemoryQueue {
     inner: Arc<Inner>,
 }
 
+/// Events and bytes ever counted by one side (monotonic but for a producer's undo of
+/// its own refused reservation).
+#[derive(Default)]
+#[repr(align(128))]
+struct Counts {
+    events: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// The producers' side: what they reserved, and their last look at [`Counts`] of the
+/// consumers (never ahead of it).
+#[derive(Default)]
+#[repr(align(128))]
+struct Produced {
+    reserved: Counts,
+    seen_events: AtomicU64,
+    seen_bytes: AtomicU64,
+}
+
 struct Inner {
     /// Each slot holds a batch and its byte size (so a pop need not touch the events).
     ring: ArrayQueue<(Vec<Event>, u64)>,
-    /// Events reserved or held (reserved before pushing, released after popping).
-    events: AtomicU64,
+    /// Written by producers only.
+    produced: Produced,
+    /// Written by consumers only.
+    consumed: Counts,
     max_events: u64,
-    bytes: AtomicU64,
     max_bytes: u64,
     closed: AtomicBool,
     readable: Notify,
@@ -49,9 +77,9 @@ impl MemoryQueue {
         MemoryQueue {
             inner: Arc::new(Inner {
                 ring: ArrayQueue::new(max_events.clamp(1, MAX_SLOTS)),
-                events: AtomicU64::new(0),
+                produced: Produced::default(),
+                consumed: Counts::default(),
                 max_events: max_events.max(1) as u64,
-                bytes: AtomicU64::new(0),
                 max_bytes,
                 closed: AtomicBool::new(false),
                 readable: Notify::new(),
@@ -72,7 +100,7 @@ impl MemoryQueue {
             Ok(()) => Ok(()),
             Err((events, _)) => {
                 // Out of slots (many tiny batches): as full as any other bound.
-                self.release(n, bytes);
+                self.unreserve(n, bytes);
                 Err(events)
             }
         }
@@ -87,21 +115,50 @@ impl MemoryQueue {
 
     fn reserve(&self, n: u64, bytes: u64) -> bool {
         let i = &self.inner;
-        if i.events.fetch_add(n, Ordering::AcqRel) + n > i.max_events {
-            i.events.fetch_sub(n, Ordering::AcqRel);
-            return false;
+        let p = &i.produced;
+        let events = p.reserved.events.fetch_add(n, Ordering::Relaxed) + n;
+        let total = p.reserved.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let over = |seen_events: u64, seen_bytes: u64| {
+            events.saturating_sub(seen_events) > i.max_events
+                || total.saturating_sub(seen_bytes) > i.max_bytes
+        };
+        if !over(
+            p.seen_events.load(Ordering::Relaxed),
+            p.seen_bytes.load(Ordering::Relaxed),
+        ) {
+            return true;
         }
-        if i.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > i.max_bytes {
-            i.bytes.fetch_sub(bytes, Ordering::AcqRel);
-            i.events.fetch_sub(n, Ordering::AcqRel);
+        // Full by the last look; look again at what the consumers released.
+        let seen_events = i.consumed.events.load(Ordering::Acquire);
+        let seen_bytes = i.consumed.bytes.load(Ordering::Acquire);
+        p.seen_events.fetch_max(seen_events, Ordering::Relaxed);
+        p.seen_bytes.fetch_max(seen_bytes, Ordering::Relaxed);
+        if over(seen_events, seen_bytes) {
+            self.unreserve(n, bytes);
             return false;
         }
         true
     }
 
+    fn unreserve(&self, n: u64, bytes: u64) {
+        let r = &self.inner.produced.reserved;
+        r.events.fetch_sub(n, Ordering::Relaxed);
+        r.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     fn release(&self, n: u64, bytes: u64) {
-        self.inner.events.fetch_sub(n, Ordering::AcqRel);
-        self.inner.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let c = &self.inner.consumed;
+        c.events.fetch_add(n, Ordering::Release);
+        c.bytes.fetch_add(bytes, Ordering::Release);
+    }
+
+    /// Events and bytes held (reserved and not yet released).
+    fn depth(&self) -> (u64, u64) {
+        let (released, reserved) = (&self.inner.consumed, &self.inner.produced.reserved);
+        let load = |c: &AtomicU64| c.load(Ordering::Acquire);
+        let (ce, cb) = (load(&released.events), load(&released.bytes));
+        let (re, rb) = (load(&reserved.events), load(&reserved.bytes));
+        (re.saturating_sub(ce), rb.saturating_sub(cb))
     }
 
     /// Pops batches into `out` until it holds at least `max` events or the queue is
@@ -149,9 +206,10 @@ impl Queue for MemoryQueue {
     }
 
     fn stats(&self) -> QueueStats {
+        let (depth_events, depth_bytes) = self.depth();
         QueueStats {
-            depth_events: self.inner.events.load(Ordering::Relaxed),
-            depth_bytes: self.inner.bytes.load(Ordering::Relaxed),
+            depth_events,
+            depth_bytes,
             capacity_bytes: self.inner.max_bytes,
         }
     }
@@ -264,6 +322,49 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+        // The producers' stale look at what was released is refreshed: room again.
+        q.append(Batch::new((6..11).map(ev).collect()))
+            .await
+            .unwrap();
+        assert_eq!(q.stats().depth_events, 5);
+        assert!(q.append(Batch::new(vec![ev(11)])).await.is_err());
+    }
+
+    #[test]
+    fn concurrent_producers_and_consumers_account_for_every_event() {
+        let q = MemoryQueue::new(64, u64::MAX);
+        let (offered, taken) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for i in 0..20_000 {
+                        let n = 1 + i % 7;
+                        if q.offer((0..n).map(ev).collect()).is_ok() {
+                            offered.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                });
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        if let Some(b) = q.take() {
+                            taken.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        while let Some(b) = q.take() {
+            taken.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        assert!(offered.load(Ordering::Relaxed) > 0);
+        assert_eq!(
+            offered.load(Ordering::Relaxed),
+            taken.load(Ordering::Relaxed)
+        );
+        assert_eq!(q.stats().depth_events, 0, "every reservation released");
+        assert_eq!(q.stats().depth_bytes, 0);
+        // Drained, the whole bound is free again.
+        assert!(q.offer((0..64).map(ev).collect()).is_ok());
     }
 
     #[tokio::test]

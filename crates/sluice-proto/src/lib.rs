@@ -5,6 +5,7 @@
 //! - [`record`]: the binary encoding of a [`sluice_core::Batch`] as one queue record.
 //! - [`broker`]: an event as one broker message (payload verbatim, fields in headers).
 //! - [`envelope`]: the JSON envelope that text sinks write for each delivered event.
+//! - [`wire`]: an `IngestRequest` encoded straight from events, and a codec to send it.
 //! - [`v1`]: the gRPC messages and the `IngestService` stubs generated from
 //!   `proto/sluice/v1/ingest.proto` (server and client, without a transport).
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod envelope;
 pub mod json;
 pub mod record;
 mod scan;
+pub mod wire;
 
 /// Generated from `proto/sluice/v1/ingest.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -39,12 +39,12 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::Uri;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_core::{AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats};
-use sluice_proto::v1::ingest_service_client::IngestServiceClient;
-use sluice_proto::v1::{self as pb, IngestRequest};
+use sluice_proto::wire::{encode_ingest_request, PreEncoded};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
@@ -289,20 +289,29 @@ impl Upstreams {
         Ok(Channel(tx))
     }
 
-    async fn attempt(&self, u: &Upstream, req: IngestRequest) -> Attempt {
+    /// One `Ingest` call of `req` (a pre-encoded `IngestRequest`) to `u`.
+    async fn attempt(&self, u: &Upstream, req: Bytes) -> Attempt {
         let channel = match self.channel(u).await {
             Ok(c) => c,
             Err(e) => return Attempt::Failed(e),
         };
-        let mut client = IngestServiceClient::with_origin(channel, u.uri.clone())
+        let mut client = tonic::client::Grpc::with_origin(channel, u.uri.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(usize::MAX);
+        if let Err(e) = client.ready().await {
+            return Attempt::Failed(format!("connection not ready: {e}"));
+        }
         let mut request = tonic::Request::new(req);
         if let Some(k) = &self.api_key {
             request.metadata_mut().insert("authorization", k.clone());
         }
+        let call = client.unary(
+            request,
+            http::uri::PathAndQuery::from_static("/sluice.v1.IngestService/Ingest"),
+            PreEncoded,
+        );
         u.in_flight.fetch_add(1, Ordering::Relaxed);
-        let r = tokio::time::timeout(self.config.request_timeout.0, client.ingest(request)).await;
+        let r = tokio::time::timeout(self.config.request_timeout.0, call).await;
         u.in_flight.fetch_sub(1, Ordering::Relaxed);
         match r {
             Err(_) => Attempt::Failed(format!(
@@ -349,7 +358,7 @@ impl Upstreams {
                     continue;
                 }
                 let alive = matches!(
-                    self.attempt(u, IngestRequest::default()).await,
+                    self.attempt(u, Bytes::new()).await,
                     Attempt::Refused(_) | Attempt::Ok
                 );
                 if alive {
@@ -364,33 +373,19 @@ impl Upstreams {
     }
 }
 
-/// Batches of one stream as one protobuf request: events keep their ids, streams,
-/// keys, headers.
-fn to_request<'a>(batches: impl Iterator<Item = &'a Batch> + Clone) -> IngestRequest {
+/// Batches as one protobuf `IngestRequest`, encoded once (a retry resends the same
+/// bytes): events keep their ids, streams, keys, headers; the first event's stream is
+/// the request's.
+fn to_request<'a>(batches: impl Iterator<Item = &'a Batch> + Clone) -> Bytes {
     let stream = batches
         .clone()
         .find_map(|b| b.events.first())
-        .map_or(String::new(), |e| e.stream.to_string());
-    let events = batches
-        .flat_map(|b| b.events.iter())
-        .map(|e| pb::Event {
-            id: e.id.clone(),
-            stream: if *e.stream == *stream {
-                String::new()
-            } else {
-                e.stream.to_string()
-            },
-            key: e.key.clone().unwrap_or_default(),
-            timestamp_unix_nanos: e.timestamp_unix_nanos,
-            headers: e.headers.iter().cloned().collect(),
-            payload: e.payload.clone(),
-        })
-        .collect();
-    IngestRequest {
-        stream,
-        events,
-        return_ids: false,
-    }
+        .map(|e| e.stream.clone());
+    encode_ingest_request(
+        stream.as_deref().unwrap_or_default(),
+        batches.flat_map(|b| b.events.iter()),
+        false,
+    )
 }
 
 /// The stream of every event of `batch`, if there is exactly one.
@@ -405,7 +400,7 @@ fn one_stream(batch: &Batch) -> Option<&Arc<str>> {
 
 impl Upstreams {
     /// Sends `req` to an upstream, trying others as the config allows.
-    async fn forward(&self, req: IngestRequest) -> Result<(), Failure> {
+    async fn forward(&self, req: Bytes) -> Result<(), Failure> {
         self.metrics.gateway_calls.inc();
         let mut tried = Vec::new();
         let mut full: Option<Duration> = None;

@@ -9,6 +9,10 @@ Questions:
   3. gateway: the same HTTP/2 load straight to ingest (h2c) and through `sluice
      gateway` with TLS (h2 by ALPN): throughput lost (%) and latency added (p50/p99).
      The ingest node uses the blackhole sink here (WAL with fsync still).
+  3b. gateway-equal: the same comparison with the gateway given the CPU of the node it
+     fronts: ingest and the gateway both on core 0, each capped at half of it by a
+     cgroup CPU quota (the direct run's ingest too), the load generator alone on core
+     1. Needs write access to /sys/fs/cgroup/cpu (cgroup v1; root here).
   4. c10k: 10,000 TLS connections held on the gateway, each sending one event every
      5 s (2,000 req/s in all, open model): p99 and the gateway's RSS.
 
@@ -92,6 +96,34 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.wait()
+
+
+class CpuBudget:
+    """A cgroup (v1 `cpu` controller) capping its processes at `share` of one core,
+    enforced every 10 ms: stands in for a machine of that size on this 2-core box."""
+
+    ROOT = "/sys/fs/cgroup/cpu"
+
+    def __init__(self, name, share):
+        self.path = os.path.join(self.ROOT, f"sluice-bench-{name}")
+        os.makedirs(self.path, exist_ok=True)
+        with open(os.path.join(self.path, "cpu.cfs_period_us"), "w") as f:
+            f.write("10000")
+        with open(os.path.join(self.path, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(int(10000 * share)))
+
+    def add(self, proc):
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(str(proc.p.pid))
+
+    def close(self):
+        # The processes have exited; an empty cgroup can be removed.
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.1)
 
 
 def serve(tmp, extra=(), env=None):
@@ -193,12 +225,22 @@ def grpc_unary(tmp, a):
         shutil.rmtree(data, ignore_errors=True)
 
 
-def via_gateway(tmp, a, batch):
+def via_gateway(tmp, a, batch, share=None):
     # Blackhole sink: the file sink cannot keep up with the direct 100-event run,
     # whose WAL would fill and answer 429; this compares the front doors.
+    #
+    # share=None: ingest on core 0, the gateway on core 1 beside the load generator.
+    # share=S: ingest and the gateway both on core 0, each capped at S of it (the
+    # direct run's ingest too), the load generator alone on core 1: a gateway with the
+    # CPU of the node it fronts, as when each runs on a machine of its own.
     ca, cert, key = certs(tmp)
     p, http, admin, data = serve(tmp, ["--sink", "blackhole"])
-    g, ghttp, gadmin = gateway(tmp, http, cert, key)
+    g, ghttp, gadmin = gateway(tmp, http, cert, key, cpus="1" if share is None else "0")
+    budgets = []
+    if share is not None:
+        budgets = [CpuBudget("ingest", share), CpuBudget("gateway", share)]
+        budgets[0].add(p)
+        budgets[1].add(g)
     try:
         args = ["-c", "4", "--concurrency", "64", "--batch", str(batch), "-d", f"{a.duration}s",
                 "--warmup", "5s", "--size", "60"]
@@ -206,13 +248,14 @@ def via_gateway(tmp, a, batch):
         direct = load(tmp, f"http://{http}", "http2", args)
         c1, g1 = p.cpu_s(), g.cpu_s()
         gw = load(tmp, f"https://{ghttp}", "http2", args, ca=ca)
-        g2 = g.cpu_s()
+        c2, g2 = p.cpu_s(), g.cpu_s()
         # Requests in the whole run, warm-up included (CPU is read around the whole run).
         n_direct = direct["requests_per_s"] * (a.duration + 5)
         n_gw = gw["requests_per_s"] * (a.duration + 5)
         return {
             "ingest_cpu_us_per_request": 1e6 * (c1 - c0) / n_direct,
             "gateway_cpu_us_per_request": 1e6 * (g2 - g1) / n_gw,
+            "ingest_behind_gateway_cpu_us_per_request": 1e6 * (c2 - c1) / n_gw,
             "batch": batch,
             "direct_events_per_s": direct["events_per_s"], "gateway_events_per_s": gw["events_per_s"],
             "loss_pct": 100 * (1 - gw["events_per_s"] / direct["events_per_s"]),
@@ -223,6 +266,8 @@ def via_gateway(tmp, a, batch):
     finally:
         g.stop()
         p.stop()
+        for b in budgets:
+            b.close()
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -259,7 +304,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", default="grpc-stream,grpc-unary,gateway,c10k")
+    ap.add_argument("--only", default="grpc-stream,grpc-unary,gateway,gateway-equal,c10k")
+    ap.add_argument("--share", type=float, default=0.5,
+                    help="gateway-equal: the share of core 0 given to ingest and to the gateway each")
     ap.add_argument("--json")
     ap.add_argument("--server-cpus", default="0")
     ap.add_argument("--load-cpus", default="1")
@@ -275,6 +322,10 @@ def main():
             "grpc-unary": ("grpc-unary", lambda: grpc_unary(tmp, a)),
             "gateway, 1-event requests": ("gateway", lambda: via_gateway(tmp, a, 1)),
             "gateway, 100-event requests": ("gateway", lambda: via_gateway(tmp, a, 100)),
+            f"gateway, equal CPU ({a.share:g} core each), 1-event requests":
+                ("gateway-equal", lambda: via_gateway(tmp, a, 1, a.share)),
+            f"gateway, equal CPU ({a.share:g} core each), 100-event requests":
+                ("gateway-equal", lambda: via_gateway(tmp, a, 100, a.share)),
             "c10k TLS on the gateway": ("c10k", lambda: c10k(tmp, a)),
         }
         for name, (key, fn) in benches.items():

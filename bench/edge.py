@@ -237,11 +237,11 @@ def via_gateway(tmp, a, batch, share=None):
     p, http, admin, data = serve(tmp, ["--sink", "blackhole"])
     g, ghttp, gadmin = gateway(tmp, http, cert, key, cpus="1" if share is None else "0")
     budgets = []
-    if share is not None:
-        budgets = [CpuBudget("ingest", share), CpuBudget("gateway", share)]
-        budgets[0].add(p)
-        budgets[1].add(g)
     try:
+        if share is not None:
+            budgets = [CpuBudget("ingest", share), CpuBudget("gateway", share)]
+            budgets[0].add(p)
+            budgets[1].add(g)
         args = ["-c", "4", "--concurrency", "64", "--batch", str(batch), "-d", f"{a.duration}s",
                 "--warmup", "5s", "--size", "60"]
         c0 = p.cpu_s()

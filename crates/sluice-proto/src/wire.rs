@@ -22,7 +22,6 @@ use crate::v1;
 mod field {
     pub const REQUEST_STREAM: u32 = 1;
     pub const REQUEST_EVENTS: u32 = 2;
-    pub const REQUEST_RETURN_IDS: u32 = 3;
     pub const ID: u32 = 1;
     pub const STREAM: u32 = 2;
     pub const KEY: u32 = 3;
@@ -78,18 +77,16 @@ fn event_len(e: &Event, stream: &str) -> usize {
 }
 
 /// One `IngestRequest` of `events`, with `stream` as the request's stream (an event
-/// of another stream names its own), as protobuf bytes.
+/// of another stream names its own), as protobuf bytes (`return_ids` unset).
 pub fn encode_ingest_request<'a>(
     stream: &str,
     events: impl Iterator<Item = &'a Event> + Clone,
-    return_ids: bool,
 ) -> Bytes {
     let total: usize = opt_len(stream.as_bytes())
         + events
             .clone()
             .map(|e| delimited_len(event_len(e, stream)))
-            .sum::<usize>()
-        + if return_ids { 2 } else { 0 };
+            .sum::<usize>();
     let mut buf = BytesMut::with_capacity(total);
     put_delimited(field::REQUEST_STREAM, stream.as_bytes(), &mut buf);
     for e in events {
@@ -115,10 +112,6 @@ pub fn encode_ingest_request<'a>(
             put_delimited(field::ENTRY_VALUE, v.as_bytes(), &mut buf);
         }
         put_delimited(field::PAYLOAD, &e.payload, &mut buf);
-    }
-    if return_ids {
-        encode_key(field::REQUEST_RETURN_IDS, WireType::Varint, &mut buf);
-        encode_varint(1, &mut buf);
     }
     debug_assert_eq!(
         buf.len(),
@@ -189,34 +182,32 @@ mod tests {
         let events: Vec<Event> = (0..6)
             .map(|n| event(if n == 3 { "other" } else { "main" }, n))
             .collect();
-        for return_ids in [false, true] {
-            let bytes = encode_ingest_request("main", events.iter(), return_ids);
-            let req = v1::IngestRequest::decode(bytes).unwrap();
-            assert_eq!(req.stream, "main");
-            assert_eq!(req.return_ids, return_ids);
-            assert_eq!(req.events.len(), events.len());
-            for (got, want) in req.events.iter().zip(&events) {
-                assert_eq!(got.id, want.id);
-                let stream = if got.stream.is_empty() {
-                    "main"
-                } else {
-                    &got.stream
-                };
-                assert_eq!(Arc::<str>::from(stream), want.stream);
-                assert_eq!(got.key, want.key.clone().unwrap_or_default());
-                assert_eq!(got.timestamp_unix_nanos, want.timestamp_unix_nanos);
-                let mut headers: Vec<_> = got.headers.clone().into_iter().collect();
-                headers.sort();
-                assert_eq!(headers, want.headers);
-                assert_eq!(got.payload, want.payload);
-            }
-            assert_eq!(req.events[3].stream, "other", "a foreign stream is named");
-            assert_eq!(req.events[1].stream, "", "the request's stream is implied");
+        let bytes = encode_ingest_request("main", events.iter());
+        let req = v1::IngestRequest::decode(bytes).unwrap();
+        assert_eq!(req.stream, "main");
+        assert!(!req.return_ids);
+        assert_eq!(req.events.len(), events.len());
+        for (got, want) in req.events.iter().zip(&events) {
+            assert_eq!(got.id, want.id);
+            let stream = if got.stream.is_empty() {
+                "main"
+            } else {
+                &got.stream
+            };
+            assert_eq!(Arc::<str>::from(stream), want.stream);
+            assert_eq!(got.key, want.key.clone().unwrap_or_default());
+            assert_eq!(got.timestamp_unix_nanos, want.timestamp_unix_nanos);
+            let mut headers: Vec<_> = got.headers.clone().into_iter().collect();
+            headers.sort();
+            assert_eq!(headers, want.headers);
+            assert_eq!(got.payload, want.payload);
         }
+        assert_eq!(req.events[3].stream, "other", "a foreign stream is named");
+        assert_eq!(req.events[1].stream, "", "the request's stream is implied");
     }
 
     #[test]
     fn an_empty_request_is_empty_bytes() {
-        assert!(encode_ingest_request("", std::iter::empty(), false).is_empty());
+        assert!(encode_ingest_request("", std::iter::empty()).is_empty());
     }
 }

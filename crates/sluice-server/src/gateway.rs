@@ -384,7 +384,6 @@ fn to_request<'a>(batches: impl Iterator<Item = &'a Batch> + Clone) -> Bytes {
     encode_ingest_request(
         stream.as_deref().unwrap_or_default(),
         batches.flat_map(|b| b.events.iter()),
-        false,
     )
 }
 

@@ -12,7 +12,8 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use rustls::pki_types::ServerName;
 use tracing::Instrument;
 
 use crate::error::{BuildError, ClientError};
+use crate::http2;
 use crate::pool::{Checkout, Connector, Pool, Sender, Target};
 use crate::retry::RetryPolicy;
 use crate::timing::Timings;
@@ -72,6 +74,8 @@ pub struct Endpoint {
     absolute: Uri,
     /// Origin form, for HTTP/1.1 (with a `Host` header).
     origin: Uri,
+    /// The HPACK of the request line, for the client's own HTTP/2 connections.
+    h2_head: Bytes,
 }
 
 impl Endpoint {
@@ -173,11 +177,15 @@ impl ClientBuilder {
                 })?),
                 None => None,
             };
+        let h2_auth = api_key
+            .as_ref()
+            .map(|k| Bytes::from(http2::encode_field(http2::Field::Authorization, k.as_bytes())));
         Ok(Client {
             inner: Arc::new(Inner {
                 pool: Arc::new(Pool::new(connector, max)),
                 base,
                 api_key,
+                h2_auth,
                 timeout: self.timeout,
                 retry: self.retry,
             }),
@@ -234,6 +242,7 @@ impl ClientBuilder {
                 protocol: self.protocol,
                 connect_timeout: self.connect_timeout,
                 http2_keep_alive: self.http2_keep_alive,
+                own_http2: true,
             },
             base,
         ))
@@ -266,6 +275,8 @@ struct Inner {
     pool: Arc<Pool<Full<Bytes>>>,
     base: String,
     api_key: Option<HeaderValue>,
+    /// `api_key`'s HPACK, for the client's own HTTP/2 connections.
+    h2_auth: Option<Bytes>,
     timeout: Option<Duration>,
     retry: RetryPolicy,
 }
@@ -300,10 +311,16 @@ impl Client {
             .parse()
             .map_err(|_| bad())?;
         let origin = Uri::from(absolute.path_and_query().ok_or_else(bad)?.clone());
+        let h2_head = http2::encode_post(
+            absolute.scheme_str() == Some("https"),
+            absolute.authority().map_or("", |a| a.as_str()),
+            origin.path(),
+        );
         Ok(Endpoint {
             stream: stream.into(),
             absolute,
             origin,
+            h2_head: h2_head.into(),
         })
     }
 
@@ -355,41 +372,26 @@ impl Client {
         let pool = &self.inner.pool;
         let mut checkout = pool.checkout().await?;
         let mut timings = timings_of(&checkout);
-        let resp = match self.roundtrip(&mut checkout, endpoint, body).await {
-            Ok(r) => r,
-            // A kept-alive HTTP/1.1 connection the server closed just as we reused
-            // it: nothing was processed, so try once on a new connection.
-            Err(e)
-                if timings.reused
-                    && matches!(checkout.sender, Sender::H1(_))
-                    && e.is_closed_early() =>
-            {
+        let answer = match self.exchange(&mut checkout, endpoint, body, start).await {
+            Ok(a) => a,
+            // The request was certainly not processed: a kept-alive HTTP/1.1
+            // connection the server closed just as we reused it, or an HTTP/2
+            // stream the server refused. Try once more on another connection.
+            Err(e) if e.unprocessed(timings.reused) => {
                 checkout = pool.checkout().await?;
                 timings = timings_of(&checkout);
-                self.roundtrip(&mut checkout, endpoint, body)
+                self.exchange(&mut checkout, endpoint, body, start)
                     .await
-                    .map_err(ClientError::Http)?
+                    .map_err(Wire::into_error)?
             }
-            Err(e) => return Err(ClientError::Http(e)),
+            Err(e) => return Err(e.into_error()),
         };
-        timings.first_byte = start.elapsed();
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(ClientError::Http)?
-            .to_bytes();
+        timings.first_byte = answer.first_byte;
         timings.total = start.elapsed();
         pool.checkin(checkout);
         timings.emit();
-        if status.is_success() {
+        let (status, bytes) = (answer.status, answer.body);
+        if (200..300).contains(&status) {
             let accepted = parse_accepted(&bytes).ok_or_else(|| {
                 ClientError::Protocol(format!(
                     "HTTP {status} without \"accepted\": {:?}",
@@ -405,12 +407,60 @@ impl Client {
         } else {
             let (code, message) = parse_error(&bytes);
             Err(ClientError::Rejected {
-                status: status.as_u16(),
+                status,
                 code,
                 message,
-                retry_after,
+                retry_after: answer.retry_after,
             })
         }
+    }
+
+    /// One request and its whole answer, on the checked-out connection.
+    async fn exchange(
+        &self,
+        checkout: &mut Checkout<Full<Bytes>>,
+        endpoint: &Endpoint,
+        body: &Body,
+        start: Instant,
+    ) -> Result<Answer, Wire> {
+        if let Sender::Own(conn) = &checkout.sender {
+            let ct = content_type_hpack(&body.content_type);
+            let auth = self.inner.h2_auth.as_deref().unwrap_or_default();
+            let r = conn
+                .send(&[&endpoint.h2_head, &ct, auth], &body.bytes)
+                .await
+                .map_err(Wire::Own)?;
+            return Ok(Answer {
+                status: r.status,
+                retry_after: r.retry_after.map(Duration::from_secs),
+                body: r.body,
+                first_byte: r.head_at.saturating_duration_since(start),
+            });
+        }
+        let resp = self
+            .roundtrip(checkout, endpoint, body)
+            .await
+            .map_err(Wire::Hyper)?;
+        let first_byte = start.elapsed();
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(Wire::Hyper)?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+            first_byte,
+        })
     }
 
     async fn roundtrip(
@@ -427,7 +477,7 @@ impl Client {
                     req = req.header(HOST, a.as_str());
                 }
             }
-            Sender::H2(_) => req = req.uri(endpoint.absolute.clone()),
+            Sender::H2(_) | Sender::Own(_) => req = req.uri(endpoint.absolute.clone()),
         }
         req = req.header(CONTENT_TYPE, body.content_type.clone());
         if let Some(k) = &self.inner.api_key {
@@ -445,7 +495,51 @@ impl Client {
                 s.ready().await?;
                 s.send_request(req).await
             }
+            Sender::Own(_) => unreachable!("sent by exchange"),
         }
+    }
+}
+
+/// A response read whole, from either kind of connection.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Bytes,
+    first_byte: Duration,
+}
+
+/// How a request failed on the wire.
+enum Wire {
+    Hyper(hyper::Error),
+    Own(http2::Error),
+}
+
+impl Wire {
+    /// Whether the server certainly did not process the request.
+    fn unprocessed(&self, reused: bool) -> bool {
+        match self {
+            Wire::Hyper(e) => reused && (e.is_canceled() || e.is_incomplete_message() || e.is_closed()),
+            Wire::Own(e) => matches!(e, http2::Error::Refused),
+        }
+    }
+
+    fn into_error(self) -> ClientError {
+        match self {
+            Wire::Hyper(e) => ClientError::Http(e),
+            Wire::Own(e) => ClientError::Http2(e),
+        }
+    }
+}
+
+/// The HPACK of a body's content type; the two the API takes are built once.
+fn content_type_hpack(ct: &HeaderValue) -> Cow<'static, [u8]> {
+    static NDJSON: OnceLock<Vec<u8>> = OnceLock::new();
+    static JSON: OnceLock<Vec<u8>> = OnceLock::new();
+    let of = |v: &[u8]| http2::encode_field(http2::Field::ContentType, v);
+    match ct.as_bytes() {
+        v @ b"application/x-ndjson" => Cow::Borrowed(NDJSON.get_or_init(|| of(v))),
+        v @ b"application/json" => Cow::Borrowed(JSON.get_or_init(|| of(v))),
+        v => Cow::Owned(of(v)),
     }
 }
 
@@ -459,16 +553,6 @@ pub(crate) fn timings_of<B>(c: &Checkout<B>) -> Timings {
         reused: c.fresh.is_none(),
         version: c.sender.version(),
         ..Timings::default()
-    }
-}
-
-trait ClosedEarly {
-    fn is_closed_early(&self) -> bool;
-}
-
-impl ClosedEarly for hyper::Error {
-    fn is_closed_early(&self) -> bool {
-        self.is_canceled() || self.is_incomplete_message() || self.is_closed()
     }
 }
 

@@ -53,11 +53,14 @@ pub enum ClientError {
     Handshake {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The request or response failed on the wire.
     #[error("request failed on the connection")]
     Http(#[source] hyper::Error),
+    /// The request or response failed on the client's own HTTP/2 connection.
+    #[error("request failed on the HTTP/2 connection")]
+    Http2(#[source] crate::http2::Error),
     /// The attempt took longer than the configured timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -104,6 +107,8 @@ impl ClientError {
             | ClientError::Connect { .. }
             | ClientError::Tls { .. }
             | ClientError::Handshake { .. } => true,
+            // Refused streams were never processed.
+            ClientError::Http2(crate::http2::Error::Refused) => true,
             _ => false,
         }
     }
@@ -126,6 +131,12 @@ impl ClientError {
             ClientError::Tls { .. } => "tls".into(),
             ClientError::Handshake { .. } => "handshake".into(),
             ClientError::Http(_) => "io".into(),
+            ClientError::Http2(e) => match e {
+                crate::http2::Error::Refused => "refused".into(),
+                crate::http2::Error::Reset(_) => "reset".into(),
+                crate::http2::Error::TooLarge => "protocol".into(),
+                crate::http2::Error::Connection(_) => "io".into(),
+            },
             ClientError::Timeout(_) => "timeout".into(),
             ClientError::Rejected { status, .. } => format!("http_{status}"),
             ClientError::Protocol(_) => "protocol".into(),

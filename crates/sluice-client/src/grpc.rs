@@ -56,7 +56,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for GrpcChannel {
                     s.ready().await.map_err(ClientError::Http)?;
                     s.send_request(req).await.map_err(ClientError::Http)?
                 }
-                Sender::H1(_) => {
+                Sender::H1(_) | Sender::Own(_) => {
                     return Err(ClientError::Protocol(
                         "the server did not agree to HTTP/2, which gRPC needs".into(),
                     ))
@@ -94,7 +94,9 @@ impl ClientBuilder {
     /// Builds a gRPC client (HTTP/2 whatever [`ClientBuilder::protocol`] says).
     pub fn build_grpc(self) -> Result<GrpcClient, BuildError> {
         let b = self.protocol(Protocol::Http2);
-        let (connector, base) = b.connector()?;
+        let (mut connector, base) = b.connector()?;
+        // tonic streams its own bodies: hyper's HTTP/2 connection carries them.
+        connector.own_http2 = false;
         let pool = Arc::new(Pool::new(connector, b.connections()));
         let origin: Uri = base.parse().map_err(|_| BuildError::Url {
             url: base.clone(),

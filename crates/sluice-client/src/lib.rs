@@ -22,6 +22,7 @@ pub mod batch;
 pub mod client;
 pub mod error;
 pub mod grpc;
+pub mod http2;
 pub mod load;
 pub mod pool;
 pub mod retry;

@@ -46,19 +46,41 @@ pub struct Connector {
     pub protocol: Protocol,
     pub connect_timeout: Duration,
     pub http2_keep_alive: Option<Duration>,
+    /// Speak HTTP/2 with the client's own [`crate::http2`] connection rather than
+    /// hyper's (the ingest client does; gRPC, which needs hyper's bodies, does not).
+    pub own_http2: bool,
 }
 
 /// A connection's request handle.
 pub enum Sender<B> {
     H1(http1::SendRequest<B>),
     H2(http2::SendRequest<B>),
+    /// HTTP/2 on the client's own connection ([`crate::http2`]).
+    Own(crate::http2::Connection),
 }
 
 impl<B> Sender<B> {
     pub fn version(&self) -> HttpVersion {
         match self {
             Sender::H1(_) => HttpVersion::Http1,
-            Sender::H2(_) => HttpVersion::Http2,
+            Sender::H2(_) | Sender::Own(_) => HttpVersion::Http2,
+        }
+    }
+
+    /// Another handle to a multiplexed (HTTP/2) connection; `None` for HTTP/1.1.
+    fn share(&self) -> Option<Sender<B>> {
+        match self {
+            Sender::H1(_) => None,
+            Sender::H2(s) => Some(Sender::H2(s.clone())),
+            Sender::Own(c) => Some(Sender::Own(c.clone())),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+            Sender::Own(c) => c.is_closed(),
         }
     }
 }
@@ -155,7 +177,20 @@ impl Connector {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let err = |source| ClientError::Handshake { addr, source };
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Handshake {
+            addr,
+            source,
+        };
+        if h2 && self.own_http2 {
+            let opts = crate::http2::Options {
+                keep_alive: self.http2_keep_alive,
+            };
+            let (c, driver) = crate::http2::handshake(io, opts)
+                .await
+                .map_err(|e| err(e.into()))?;
+            tokio::spawn(driver);
+            return Ok(Sender::Own(c));
+        }
         let io = TokioIo::new(io);
         if h2 {
             let mut b = http2::Builder::new(TokioExecutor::new());
@@ -165,7 +200,7 @@ impl Connector {
             if let Some(k) = self.http2_keep_alive {
                 b.keep_alive_interval(k).keep_alive_while_idle(true);
             }
-            let (s, conn) = b.handshake(io).await.map_err(err)?;
+            let (s, conn) = b.handshake(io).await.map_err(|e| err(e.into()))?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "http/2 connection ended");
@@ -173,7 +208,10 @@ impl Connector {
             });
             Ok(Sender::H2(s))
         } else {
-            let (s, conn) = http1::Builder::new().handshake(io).await.map_err(err)?;
+            let (s, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| err(e.into()))?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "http/1.1 connection ended");
@@ -197,7 +235,7 @@ pub struct Checkout<B> {
 
 /// One HTTP/2 connection slot.
 struct Slot<B> {
-    sender: Mutex<Option<http2::SendRequest<B>>>,
+    sender: Mutex<Option<Sender<B>>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -265,12 +303,12 @@ impl<B: RequestBody> Pool<B> {
                     .expect("never closed");
                 let (sender, timings) = Box::pin(self.connector.connect::<B>()).await?;
                 let _ = self.version.set(sender.version());
-                let permit = match &sender {
-                    Sender::H1(_) => Some(permit),
-                    Sender::H2(s) => {
+                let permit = match sender.share() {
+                    None => Some(permit),
+                    Some(shared) => {
                         let mut slot = self.slots[0].sender.lock().expect("not poisoned");
                         if slot.is_none() {
-                            *slot = Some(s.clone());
+                            *slot = Some(shared);
                         }
                         None
                     }
@@ -330,7 +368,7 @@ impl<B: RequestBody> Pool<B> {
         let slot = &self.slots[i];
         if let Some(s) = live(&slot.sender) {
             return Ok(Checkout {
-                sender: Sender::H2(s),
+                sender: s,
                 fresh: None,
                 wait: Duration::ZERO,
                 permit: None,
@@ -339,7 +377,7 @@ impl<B: RequestBody> Pool<B> {
         let _connecting = slot.connecting.lock().await;
         if let Some(s) = live(&slot.sender) {
             return Ok(Checkout {
-                sender: Sender::H2(s),
+                sender: s,
                 fresh: None,
                 wait: start.elapsed(),
                 permit: None,
@@ -347,8 +385,8 @@ impl<B: RequestBody> Pool<B> {
         }
         let wait = start.elapsed();
         let (sender, timings) = Box::pin(self.connector.connect::<B>()).await?;
-        if let Sender::H2(s) = &sender {
-            *slot.sender.lock().expect("not poisoned") = Some(s.clone());
+        if let Some(shared) = sender.share() {
+            *slot.sender.lock().expect("not poisoned") = Some(shared);
         }
         Ok(Checkout {
             sender,
@@ -396,10 +434,10 @@ impl<B: RequestBody> Pool<B> {
 }
 
 /// The slot's connection, if it is still open.
-fn live<B>(m: &Mutex<Option<http2::SendRequest<B>>>) -> Option<http2::SendRequest<B>> {
+fn live<B>(m: &Mutex<Option<Sender<B>>>) -> Option<Sender<B>> {
     let mut guard = m.lock().expect("not poisoned");
     match guard.as_ref() {
-        Some(s) if !s.is_closed() => Some(s.clone()),
+        Some(s) if !s.is_closed() => s.share(),
         Some(_) => {
             *guard = None;
             None

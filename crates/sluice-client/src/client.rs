@@ -10,9 +10,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -177,9 +177,12 @@ impl ClientBuilder {
                 })?),
                 None => None,
             };
-        let h2_auth = api_key
-            .as_ref()
-            .map(|k| Bytes::from(http2::encode_field(http2::Field::Authorization, k.as_bytes())));
+        let h2_auth = api_key.as_ref().map(|k| {
+            Bytes::from(http2::encode_field(
+                http2::Field::Authorization,
+                k.as_bytes(),
+            ))
+        });
         Ok(Client {
             inner: Arc::new(Inner {
                 pool: Arc::new(Pool::new(connector, max)),
@@ -518,7 +521,9 @@ impl Wire {
     /// Whether the server certainly did not process the request.
     fn unprocessed(&self, reused: bool) -> bool {
         match self {
-            Wire::Hyper(e) => reused && (e.is_canceled() || e.is_incomplete_message() || e.is_closed()),
+            Wire::Hyper(e) => {
+                reused && (e.is_canceled() || e.is_incomplete_message() || e.is_closed())
+            }
             Wire::Own(e) => matches!(e, http2::Error::Refused),
         }
     }

@@ -305,7 +305,9 @@ mod tests {
     }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -379,7 +381,10 @@ mod tests {
             &[0x00, 0x05, b'a'],             // truncated name
             &[0x0f],                         // truncated integer
         ] {
-            assert!(Decoder::default().decode(bad, |_, _| {}).is_err(), "{bad:?}");
+            assert!(
+                Decoder::default().decode(bad, |_, _| {}).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
@@ -393,6 +398,10 @@ mod tests {
         assert_eq!(got[0], (":method".into(), "POST".into()));
         assert_eq!(got[1].1.len(), 300);
         assert_eq!(got[2], ("authorization".into(), "Bearer k".into()));
-        assert_eq!(block[block.len() - 11], 0x1f, "never indexed, index 23 ≥ 15");
+        assert_eq!(
+            block[block.len() - 11],
+            0x1f,
+            "never indexed, index 23 ≥ 15"
+        );
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 /// (code, bit length) of symbols 0..=255 and of EOS (256), from RFC 7541 Appendix B.
+#[rustfmt::skip]
 const CODES: [(u32, u8); 257] = [
     (0x1ff8, 13), (0x7fffd8, 23), (0xfffffe2, 28), (0xfffffe3, 28),
     (0xfffffe4, 28), (0xfffffe5, 28), (0xfffffe6, 28), (0xfffffe7, 28),
@@ -159,8 +160,12 @@ pub(crate) mod tests {
         for sym in 0..256usize {
             let (code, len) = CODES[sym];
             let bits = u64::from(len).div_ceil(8) * 8;
-            let padded = (u64::from(code) << (bits - u64::from(len))) | ((1 << (bits - u64::from(len))) - 1);
-            let bytes: Vec<u8> = (0..bits / 8).rev().map(|i| (padded >> (i * 8)) as u8).collect();
+            let padded =
+                (u64::from(code) << (bits - u64::from(len))) | ((1 << (bits - u64::from(len))) - 1);
+            let bytes: Vec<u8> = (0..bits / 8)
+                .rev()
+                .map(|i| (padded >> (i * 8)) as u8)
+                .collect();
             let mut out = Vec::new();
             decode(&bytes, &mut out).unwrap();
             assert_eq!(out, [sym as u8]);

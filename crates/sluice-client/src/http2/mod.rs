@@ -161,8 +161,9 @@ struct State {
     recv_unacked: u32,
     /// Streams with body left to send, waiting for window.
     blocked: VecDeque<u32>,
-    /// Requests waiting for a stream.
-    waiters: VecDeque<Waker>,
+    /// Requests waiting for a stream, by ticket, oldest first.
+    waiters: VecDeque<(u64, Waker)>,
+    next_ticket: u64,
     driver: Option<Waker>,
     /// Whether the driver was woken since it last took `out`.
     notified: bool,
@@ -242,7 +243,9 @@ where
         }
         let n = io.read(&mut rbuf[have..]).await?;
         if n == 0 {
-            return Err(bad("the server closed the connection during the HTTP/2 handshake"));
+            return Err(bad(
+                "the server closed the connection during the HTTP/2 handshake",
+            ));
         }
         have += n;
     }
@@ -259,6 +262,7 @@ where
         recv_unacked: 0,
         blocked: VecDeque::new(),
         waiters: VecDeque::new(),
+        next_ticket: 0,
         driver: None,
         notified: false,
         error: None,
@@ -286,6 +290,7 @@ where
         keep_alive: opts
             .keep_alive
             .map(|every| (Box::pin(tokio::time::sleep(every)), every, false)),
+        leftover: have > 0,
         done: false,
     };
     Ok((Connection { shared }, driver))
@@ -329,7 +334,13 @@ impl Connection {
     /// pieces (see [`encode_post`]) with `body`, and reads its answer whole.
     /// Dropping the future cancels the request (RST_STREAM CANCEL).
     pub async fn send(&self, head: &[&[u8]], body: &Bytes) -> Result<Response, Error> {
-        let id = std::future::poll_fn(|cx| self.shared.open(cx, head, body)).await?;
+        let mut wait = Wait {
+            shared: &self.shared,
+            ticket: None,
+        };
+        let id =
+            std::future::poll_fn(|cx| self.shared.open(cx, head, body, &mut wait.ticket)).await?;
+        drop(wait);
         let mut guard = Cancel {
             shared: &self.shared,
             id,
@@ -338,6 +349,33 @@ impl Connection {
         let r = std::future::poll_fn(|cx| self.shared.poll_response(cx, id)).await;
         guard.armed = false;
         r
+    }
+}
+
+/// A request waiting for a stream. Dropped while queued, it leaves the queue;
+/// dropped after it was woken but before it took the free stream, it passes the
+/// wake-up on, so no other waiting request misses it.
+struct Wait<'a> {
+    shared: &'a Shared,
+    ticket: Option<u64>,
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket else {
+            return;
+        };
+        let mut st = self.shared.lock();
+        if st.unqueue(ticket) {
+            return;
+        }
+        let next = (st.active < st.max_streams)
+            .then(|| st.waiters.pop_front())
+            .flatten();
+        drop(st);
+        if let Some((_, w)) = next {
+            w.wake();
+        }
     }
 }
 
@@ -412,17 +450,37 @@ pub fn encode_field(field: Field, value: &[u8]) -> Vec<u8> {
 
 impl Shared {
     /// Opens a stream and queues its frames, or waits for a free stream.
-    fn open(&self, cx: &mut Context<'_>, head: &[&[u8]], body: &Bytes) -> Poll<Result<u32, Error>> {
+    fn open(
+        &self,
+        cx: &mut Context<'_>,
+        head: &[&[u8]],
+        body: &Bytes,
+        ticket: &mut Option<u64>,
+    ) -> Poll<Result<u32, Error>> {
         let mut st = self.lock();
+        if st.error.is_none() && !st.going_away && st.active >= st.max_streams {
+            // Wait in line: keep our place (with this poll's waker) if we have one.
+            let place = ticket.and_then(|t| st.waiters.iter_mut().find(|(k, _)| *k == t));
+            match place {
+                Some((_, w)) if w.will_wake(cx.waker()) => {}
+                Some((_, w)) => *w = cx.waker().clone(),
+                None => {
+                    let t = st.next_ticket;
+                    st.next_ticket += 1;
+                    st.waiters.push_back((t, cx.waker().clone()));
+                    *ticket = Some(t);
+                }
+            }
+            return Poll::Pending;
+        }
+        if let Some(t) = ticket.take() {
+            st.unqueue(t);
+        }
         if let Some(e) = &st.error {
             return Poll::Ready(Err(e.clone()));
         }
         if st.going_away || st.next_id > i32::MAX as u32 {
             return Poll::Ready(Err(Error::Refused));
-        }
-        if st.active >= st.max_streams {
-            st.waiters.push_back(cx.waker().clone());
-            return Poll::Pending;
         }
         let id = st.next_id;
         st.next_id += 2;
@@ -465,6 +523,14 @@ impl Shared {
             }
             Some(result) => {
                 let s = st.streams.remove(&id).expect("present");
+                // The last answer on a connection that is going away, or that nobody
+                // holds any more: the driver may close it now.
+                let closing = st.going_away || self.handles.load(Ordering::Acquire) == 0;
+                if closing && st.streams.is_empty() {
+                    if let Some(w) = st.driver.clone() {
+                        w.wake();
+                    }
+                }
                 Poll::Ready(result.map(|()| Response {
                     status: s.status.unwrap_or_default(),
                     retry_after: s.retry_after,
@@ -545,6 +611,17 @@ impl State {
         self.blocked = still;
     }
 
+    /// Takes a waiting request out of the line; false if it was not in it (woken).
+    fn unqueue(&mut self, ticket: u64) -> bool {
+        match self.waiters.iter().position(|(k, _)| *k == ticket) {
+            Some(i) => {
+                self.waiters.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Wakes the driver if it has not been since it last took the output.
     fn notify(&mut self, wake: &mut Vec<Waker>) {
         if !self.notified {
@@ -558,7 +635,7 @@ impl State {
     /// A stream's answer is in (or it failed): frees its slot for a waiting request.
     fn finish_active(&mut self, wake: &mut Vec<Waker>) {
         self.active -= 1;
-        if let Some(w) = self.waiters.pop_front() {
+        if let Some((_, w)) = self.waiters.pop_front() {
             wake.push(w);
         }
     }
@@ -587,7 +664,10 @@ impl State {
     /// Applies the server's SETTINGS (not an ACK) and queues our ACK.
     fn settings(&mut self, payload: &[u8]) -> Result<(), (u32, Arc<str>)> {
         if payload.len() % 6 != 0 {
-            return Err(conn_err(FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6"));
+            return Err(conn_err(
+                FRAME_SIZE_ERROR,
+                "SETTINGS length not a multiple of 6",
+            ));
         }
         for s in payload.chunks_exact(6) {
             let value = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
@@ -628,7 +708,7 @@ impl State {
         for id in ids {
             self.complete(id, Err(e.clone()), wake);
         }
-        wake.extend(self.waiters.drain(..));
+        wake.extend(self.waiters.drain(..).map(|(_, w)| w));
     }
 }
 
@@ -652,6 +732,8 @@ pub struct Driver<IO> {
     partial: Option<Partial>,
     /// The PING timer, its period, and whether a PING is unanswered.
     keep_alive: Option<(Pin<Box<tokio::time::Sleep>>, Duration, bool)>,
+    /// Whether `rbuf` holds bytes read during the handshake, not yet dispatched.
+    leftover: bool,
     done: bool,
 }
 
@@ -692,6 +774,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     /// Reads, dispatches and writes until nothing is left to do (Pending) or the
     /// connection ends (Ready with the reason).
     fn drive(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        if std::mem::take(&mut self.leftover) {
+            // Frames that came with the server's SETTINGS in the handshake's read.
+            if let Err((code, why)) = self.dispatch() {
+                return Poll::Ready(self.goaway(cx, code, why));
+            }
+        }
         for _ in 0..POLL_BUDGET {
             let mut progress = false;
 
@@ -755,7 +843,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             while self.wpos < self.wbuf.len() {
                 match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]) {
                     Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Error::Connection(Arc::from("the socket wrote nothing")))
+                        return Poll::Ready(Error::Connection(Arc::from(
+                            "the socket wrote nothing",
+                        )))
                     }
                     Poll::Ready(Ok(n)) => {
                         self.wpos += n;
@@ -815,9 +905,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             if avail.len() < 9 {
                 break Ok(());
             }
-            let len = usize::from(avail[0]) << 16 | usize::from(avail[1]) << 8 | usize::from(avail[2]);
+            let len =
+                usize::from(avail[0]) << 16 | usize::from(avail[1]) << 8 | usize::from(avail[2]);
             if len > MAX_FRAME {
-                break Err(conn_err(FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE"));
+                break Err(conn_err(
+                    FRAME_SIZE_ERROR,
+                    "frame larger than SETTINGS_MAX_FRAME_SIZE",
+                ));
             }
             if avail.len() < 9 + len {
                 break Ok(());
@@ -876,7 +970,9 @@ impl<IO> Driver<IO> {
                 let mut result = None;
                 if let Some(s) = st.streams.get_mut(&id).filter(|s| s.done.is_none()) {
                     if s.status.is_none() {
-                        result = Some(Err(Error::Connection(Arc::from("DATA before the response headers"))));
+                        result = Some(Err(Error::Connection(Arc::from(
+                            "DATA before the response headers",
+                        ))));
                     } else if s.data.len() + data.len() > MAX_BODY {
                         result = Some(Err(Error::TooLarge));
                     } else {
@@ -956,7 +1052,9 @@ impl<IO> Driver<IO> {
                     st.settings(payload)?;
                 }
             }
-            PUSH_PROMISE => return Err(conn_err(PROTOCOL_ERROR, "PUSH_PROMISE, which we disabled")),
+            PUSH_PROMISE => {
+                return Err(conn_err(PROTOCOL_ERROR, "PUSH_PROMISE, which we disabled"))
+            }
             PING => {
                 if payload.len() != 8 || id != 0 {
                     return Err(conn_err(FRAME_SIZE_ERROR, "bad PING"));
@@ -979,7 +1077,7 @@ impl<IO> Driver<IO> {
                 for i in refused {
                     st.complete(i, Err(Error::Refused), wake);
                 }
-                wake.extend(st.waiters.drain(..));
+                wake.extend(st.waiters.drain(..).map(|(_, w)| w));
             }
             WINDOW_UPDATE => {
                 let inc = u32::from_be_bytes(
@@ -1018,7 +1116,11 @@ impl<IO> Driver<IO> {
         let (mut status, mut retry_after) = (None, None);
         self.decoder
             .decode(&p.block, |name, value| match name {
-                b":status" => status = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u16>().ok()),
+                b":status" => {
+                    status = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse::<u16>().ok())
+                }
                 b"retry-after" => {
                     retry_after = std::str::from_utf8(value)
                         .ok()
@@ -1040,7 +1142,9 @@ impl<IO> Driver<IO> {
                     s.head_at = Some(now);
                     p.end_stream.then_some(Ok(()))
                 }
-                None => Some(Err(Error::Connection(Arc::from("a response without :status")))),
+                None => Some(Err(Error::Connection(Arc::from(
+                    "a response without :status",
+                )))),
             }
         } else {
             // Trailers end the stream.

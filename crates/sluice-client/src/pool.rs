@@ -1,6 +1,7 @@
-//! The connection pool: our own TCP (and TLS) connections with hyper's
-//! `client::conn` handshakes on top, so every phase of making a connection can be
-//! timed.
+//! The connection pool: our own TCP (and TLS) connections with the HTTP handshake
+//! on top (hyper's `client::conn` for HTTP/1.1 and for gRPC's HTTP/2, the client's
+//! own [`crate::http2`] for the ingest API's HTTP/2), so every phase of making a
+//! connection can be timed.
 //!
 //! - HTTP/1.1: one request per connection at a time. Idle connections wait on a
 //!   stack (most recently used first, so the hot ones stay warm); at most
@@ -185,9 +186,12 @@ impl Connector {
             let opts = crate::http2::Options {
                 keep_alive: self.http2_keep_alive,
             };
-            let (c, driver) = crate::http2::handshake(io, opts)
-                .await
-                .map_err(|e| err(e.into()))?;
+            // The handshake waits for the server's SETTINGS: bound it like the connect.
+            let (c, driver) =
+                tokio::time::timeout(self.connect_timeout, crate::http2::handshake(io, opts))
+                    .await
+                    .map_err(|_| err("no HTTP/2 SETTINGS from the server in time".into()))?
+                    .map_err(|e| err(e.into()))?;
             tokio::spawn(driver);
             return Ok(Sender::Own(c));
         }

@@ -95,10 +95,13 @@ pub const DEFAULT_TABLE_SIZE: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeError(pub &'static str);
 
+/// A dynamic table entry: name and value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
 /// Decodes header blocks, keeping the dynamic table between them.
 pub struct Decoder {
     /// Newest first: dynamic index 62 is `table[0]`.
-    table: VecDeque<(Box<[u8]>, Box<[u8]>)>,
+    table: VecDeque<Entry>,
     size: usize,
     max_size: usize,
     name: Vec<u8>,

@@ -157,8 +157,7 @@ pub(crate) mod tests {
     #[test]
     fn every_symbol_round_trips_through_the_tree() {
         // Encode each byte alone with its code, padded with ones, and decode it.
-        for sym in 0..256usize {
-            let (code, len) = CODES[sym];
+        for (sym, &(code, len)) in CODES.iter().enumerate().take(256) {
             let bits = u64::from(len).div_ceil(8) * 8;
             let padded =
                 (u64::from(code) << (bits - u64::from(len))) | ((1 << (bits - u64::from(len))) - 1);

@@ -291,6 +291,7 @@ where
             .keep_alive
             .map(|every| (Box::pin(tokio::time::sleep(every)), every, false)),
         leftover: have > 0,
+        unflushed: false,
         done: false,
     };
     Ok((Connection { shared }, driver))
@@ -663,7 +664,7 @@ impl State {
 
     /// Applies the server's SETTINGS (not an ACK) and queues our ACK.
     fn settings(&mut self, payload: &[u8]) -> Result<(), (u32, Arc<str>)> {
-        if payload.len() % 6 != 0 {
+        if !payload.len().is_multiple_of(6) {
             return Err(conn_err(
                 FRAME_SIZE_ERROR,
                 "SETTINGS length not a multiple of 6",
@@ -734,6 +735,8 @@ pub struct Driver<IO> {
     keep_alive: Option<(Pin<Box<tokio::time::Sleep>>, Duration, bool)>,
     /// Whether `rbuf` holds bytes read during the handshake, not yet dispatched.
     leftover: bool,
+    /// Whether bytes were written since the last completed flush.
+    unflushed: bool,
     done: bool,
 }
 
@@ -859,8 +862,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             }
             if wrote {
                 progress = true;
-                if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
-                    return Poll::Ready(Error::Connection(Arc::from(e.to_string())));
+                self.unflushed = true;
+            }
+            // TLS may hold written bytes in its buffer: flush until it has none.
+            if self.unflushed {
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Error::Connection(Arc::from(e.to_string())))
+                    }
+                    Poll::Pending => {}
                 }
             }
             if !progress {

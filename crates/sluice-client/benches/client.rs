@@ -10,10 +10,11 @@
 //! requests sent. It includes everything the client does for a request: building
 //! the request, the pool checkout, HTTP/2 framing, HPACK and flow control (the
 //! client's own `http2` connection, whose driver task runs on the same thread), the
-//! socket syscalls, reading the response and parsing `{"accepted":N}`. It excludes the server's work and the
-//! time spent waiting for it. `http1_closed_loop` is the same over 16 pooled
-//! HTTP/1.1 connections (hyper's). (Allocations per request are not counted here: that needs
-//! a counting global allocator, i.e. `unsafe`, which the workspace forbids.)
+//! socket syscalls, reading the response and parsing `{"accepted":N}`. It excludes
+//! the server's work and the time spent waiting for it. `http1_closed_loop` is the
+//! same over 16 pooled HTTP/1.1 connections (hyper's). (Allocations per request are
+//! not counted here: that needs a counting global allocator, i.e. `unsafe`, which
+//! the workspace forbids.)
 //!
 //! Run: `cargo bench -p sluice-client --bench client`
 

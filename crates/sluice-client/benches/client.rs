@@ -13,8 +13,8 @@
 //! socket syscalls, reading the response and parsing `{"accepted":N}`. It excludes
 //! the server's work and the time spent waiting for it. `http1_closed_loop` is the
 //! same over 16 pooled HTTP/1.1 connections (hyper's). (Allocations per request are
-//! not counted here: that needs a counting global allocator, i.e. `unsafe`, which
-//! the workspace forbids.)
+//! not counted: the node runs in this process, so a counting global allocator
+//! would count the server's allocations too.)
 //!
 //! Run: `cargo bench -p sluice-client --bench client`
 

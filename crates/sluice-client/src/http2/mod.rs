@@ -26,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -124,6 +124,9 @@ struct Shared {
     state: Mutex<State>,
     /// Live [`Connection`] handles.
     handles: AtomicUsize,
+    /// Set once new requests would fail (failed, GOAWAY, stream ids used up), so
+    /// the pool can ask without taking the lock.
+    closed: AtomicBool,
 }
 
 /// Stream ids are handed out in order, so they hash as themselves.
@@ -200,6 +203,11 @@ fn frame(out: &mut Vec<u8>, ty: u8, flags: u8, id: u32, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// The payload length in a frame header (its first three bytes).
+fn frame_len(head: &[u8]) -> usize {
+    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2])
+}
+
 fn conn_err(code: u32, why: &str) -> (u32, Arc<str>) {
     (code, Arc::from(why))
 }
@@ -235,7 +243,7 @@ where
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
     loop {
         if have >= 9 {
-            let len = usize::from(rbuf[0]) << 16 | usize::from(rbuf[1]) << 8 | usize::from(rbuf[2]);
+            let len = frame_len(&rbuf);
             if rbuf[3] != SETTINGS || rbuf[4] & ACK != 0 || len > MAX_FRAME {
                 return Err(bad("the server did not start with SETTINGS"));
             }
@@ -270,7 +278,7 @@ where
         error: None,
         going_away: false,
     };
-    let len = usize::from(rbuf[0]) << 16 | usize::from(rbuf[1]) << 8 | usize::from(rbuf[2]);
+    let len = frame_len(&rbuf);
     state
         .settings(&rbuf[9..9 + len])
         .map_err(|(_, why)| bad(&why))?;
@@ -279,6 +287,7 @@ where
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         handles: AtomicUsize::new(1),
+        closed: AtomicBool::new(false),
     });
     let driver = Driver {
         io,
@@ -324,13 +333,20 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The connection is over: every stream and waiting request gets `e`.
+    fn fail(&self, e: Error) {
+        let mut wake = Vec::new();
+        self.lock().fail(e, &mut wake);
+        self.closed.store(true, Ordering::Release);
+        wake.into_iter().for_each(Waker::wake);
+    }
 }
 
 impl Connection {
     /// Whether new requests would fail here (closed, broken, or after GOAWAY).
     pub fn is_closed(&self) -> bool {
-        let st = self.shared.lock();
-        st.error.is_some() || st.going_away || st.next_id > i32::MAX as u32
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Sends a request whose HPACK header block is the concatenation of `head`'s
@@ -487,6 +503,9 @@ impl Shared {
         }
         let id = st.next_id;
         st.next_id += 2;
+        if st.next_id > i32::MAX as u32 {
+            self.closed.store(true, Ordering::Release);
+        }
         st.active += 1;
         st.headers(id, head, body.is_empty());
         let mut s = Stream {
@@ -754,9 +773,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Driver<IO> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(e) => {
                 this.done = true;
-                let mut wake = Vec::new();
-                this.shared.lock().fail(e, &mut wake);
-                wake.into_iter().for_each(Waker::wake);
+                this.shared.fail(e);
                 Poll::Ready(())
             }
         }
@@ -766,12 +783,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Driver<IO> {
 impl<IO> Drop for Driver<IO> {
     fn drop(&mut self) {
         // A runtime shutting down drops us: no request may wait forever.
-        let mut wake = Vec::new();
-        self.shared.lock().fail(
-            Error::Connection(Arc::from("the connection's task ended")),
-            &mut wake,
-        );
-        wake.into_iter().for_each(Waker::wake);
+        self.shared
+            .fail(Error::Connection(Arc::from("the connection's task ended")));
     }
 }
 
@@ -891,15 +904,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
 
     /// Ends an idle connection nobody uses any more: GOAWAY, then shut down.
     fn close(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
-        let mut goaway = Vec::new();
-        frame(&mut goaway, GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0]);
-        // Best effort: the socket is idle, so this small write goes through at once.
-        let _ = Pin::new(&mut self.io).poll_write(cx, &goaway);
+        let e = self.goaway(cx, NO_ERROR, Arc::from("closed by the client"));
         let _ = Pin::new(&mut self.io).poll_shutdown(cx);
-        Poll::Ready(Error::Connection(Arc::from("closed by the client")))
+        Poll::Ready(e)
     }
 
-    /// A connection error of ours: tell the server (best effort) and give up.
+    /// Sends GOAWAY with `code` and gives up the connection. Best effort: the
+    /// frame is small and goes straight to the socket or is lost with it.
     fn goaway(&mut self, cx: &mut Context<'_>, code: u32, why: Arc<str>) -> Error {
         let mut payload = [0u8; 8];
         payload[4..].copy_from_slice(&code.to_be_bytes());
@@ -922,8 +933,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             if avail.len() < 9 {
                 break Ok(());
             }
-            let len =
-                usize::from(avail[0]) << 16 | usize::from(avail[1]) << 8 | usize::from(avail[2]);
+            let len = frame_len(avail);
             if len > MAX_FRAME {
                 break Err(conn_err(
                     FRAME_SIZE_ERROR,
@@ -1089,6 +1099,7 @@ impl<IO> Driver<IO> {
                 let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
                     & 0x7fff_ffff;
                 st.going_away = true;
+                self.shared.closed.store(true, Ordering::Release);
                 // Streams above `last` were never processed: safe to send again.
                 let refused: Vec<u32> = st.streams.keys().copied().filter(|&i| i > last).collect();
                 for i in refused {

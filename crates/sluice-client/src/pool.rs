@@ -344,17 +344,18 @@ impl<B: RequestBody> Pool<B> {
         let wait = start.elapsed();
         loop {
             let popped = self.idle.lock().expect("not poisoned").pop();
-            match popped {
-                Some(s) if s.is_ready() => {
-                    return Ok(Checkout {
-                        sender: Sender::H1(s),
-                        fresh: None,
-                        wait,
-                        permit: Some(permit),
-                    })
-                }
-                Some(_) => continue, // closed by the server while idle
-                None => break,
+            let Some(mut s) = popped else { break };
+            // A connection is checked in as soon as its response was read, which can be
+            // before its dispatcher (another task, maybe another thread) has asked for
+            // the next request. Waiting for that is short; only a connection the server
+            // closed while idle fails here and is dropped.
+            if s.is_ready() || (!s.is_closed() && s.ready().await.is_ok()) {
+                return Ok(Checkout {
+                    sender: Sender::H1(s),
+                    fresh: None,
+                    wait: start.elapsed(),
+                    permit: Some(permit),
+                });
             }
         }
         let (sender, timings) = Box::pin(self.connector.connect::<B>()).await?;

@@ -42,11 +42,15 @@ async fn plain_tcp_reports_connect_then_reuse() {
         );
         assert_ordered(&t);
 
-        let second = client.send(&ep, &Body::json("{\"n\":2}")).await.unwrap();
-        let t = second.timings;
-        assert!(t.reused, "the second request reuses the connection: {t:?}");
-        assert_eq!((t.dns, t.connect, t.tls), (None, None, None));
-        assert_ordered(&t);
+        // Back to back, every later request reuses the one connection, even when it
+        // is checked out again before its dispatcher asked for the next request.
+        for n in 2..100 {
+            let body = Body::json(format!("{{\"n\":{n}}}"));
+            let t = client.send(&ep, &body).await.unwrap().timings;
+            assert!(t.reused, "request {n} reuses the connection: {t:?}");
+            assert_eq!((t.dns, t.connect, t.tls), (None, None, None));
+            assert_ordered(&t);
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use crate::support::free_addr;
+
 fn sluice(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
@@ -131,10 +133,7 @@ fn serve_logs_json_with_the_flag_and_stops_cleanly_on_sigterm() {
 fn stdout_sink_prints_envelopes() {
     use std::io::{BufRead, BufReader, Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let http = free_addr();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "serve",

@@ -20,6 +20,7 @@ use sluice_pipeline::sinks::KafkaSink;
 use sluice_queue::{KafkaOptions, KafkaQueue};
 
 use crate::brokers::{find_binary, missing, Broker};
+use crate::support::free_addr;
 
 /// A tansu broker on 127.0.0.1, killed when dropped.
 ///
@@ -45,10 +46,7 @@ impl Tansu {
         ) else {
             return missing("tansu");
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_addr().port();
         let mut tansu = Tansu {
             bin,
             port,

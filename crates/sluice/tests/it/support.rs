@@ -226,10 +226,35 @@ pub fn metric(page: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A free TCP port on 127.0.0.1 (for child processes that need a fixed address).
+/// A free TCP port on 127.0.0.1 for a child process that needs a fixed address, taken
+/// from below the kernel's ephemeral range (32768–60999 by default).
+///
+/// A port from `bind(0)` is an ephemeral one: once it is released, another test's
+/// listener or outgoing connection may get it before the child binds it, or while a
+/// broker is down for a restart. A client reconnecting in a loop to a stopped broker
+/// can even connect to itself on it (TCP simultaneous open). The kernel never hands
+/// out ports below the range on its own, so only another test picking at random could
+/// collide; ports handed out by this process are never handed out twice.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::{Mutex, OnceLock};
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    static TAKEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let mut taken = TAKEN.get_or_init(Default::default).lock().unwrap();
+    let seed = RandomState::new().hash_one(std::process::id());
+    for i in 0..u64::from(HIGH - LOW) {
+        let port = LOW + ((seed.wrapping_add(i)) % u64::from(HIGH - LOW)) as u16;
+        if taken.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            taken.insert(port);
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port in {LOW}..{HIGH}");
 }
 
 /// A gRPC channel: HTTP/2 prior knowledge over one pooled hyper client.

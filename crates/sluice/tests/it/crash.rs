@@ -1,6 +1,10 @@
 //! The real binary, killed: SIGKILL at random moments under concurrent load, 20
 //! times, loses no acknowledged event; SIGTERM under load exits 0 with every
 //! acknowledged event in the sink.
+//!
+//! `scripts/crash-rounds N` runs the SIGKILL test for N rounds (`TEST_CRASH_ROUNDS`,
+//! and `TEST_CRASH_ACK` = `fsync` | `write` to hold the ack mode; by default the
+//! rounds alternate); its figures go in bench/RELIABILITY.md.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -30,9 +34,17 @@ async fn sigkill_at_random_moments_loses_no_acked_event() {
     let tmp = tempfile::tempdir().unwrap();
     let data: PathBuf = tmp.path().join("data");
     let mut acked = BTreeSet::new();
-    let rounds = 20;
+    let rounds: usize = std::env::var("TEST_CRASH_ROUNDS")
+        .ok()
+        .map_or(20, |v| v.parse().expect("TEST_CRASH_ROUNDS is a number"));
+    let fixed_ack = std::env::var("TEST_CRASH_ACK").ok();
+    let started = std::time::Instant::now();
     for round in 0..rounds {
-        let ack = if round % 2 == 0 { "fsync" } else { "write" };
+        let ack = match &fixed_ack {
+            Some(a) => a.as_str(),
+            None if round % 2 == 0 => "fsync",
+            None => "write",
+        };
         let mut r = spawn(&data, ack).await;
         let load = Load::start(vec![r.http], 16, &format!("r{round}"));
         tokio::time::sleep(Duration::from_millis(50 + kill_delay_ms(round))).await;
@@ -48,8 +60,10 @@ async fn sigkill_at_random_moments_loses_no_acked_event() {
     let r = spawn(&data, "fsync").await;
     let dups = assert_all_delivered(&[out(&data)], &acked, Duration::from_secs(30)).await;
     eprintln!(
-        "{rounds} kill rounds: {} acked, {dups} duplicates",
-        acked.len()
+        "{rounds} kill rounds ({}): {} acked, 0 lost, {dups} duplicates, {:.0} s",
+        fixed_ack.as_deref().unwrap_or("fsync/write alternating"),
+        acked.len(),
+        started.elapsed().as_secs_f64()
     );
     assert!(sigterm_and_wait(r).await.success());
     let verify = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))

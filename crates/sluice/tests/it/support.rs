@@ -351,9 +351,11 @@ pub async fn spawn_role(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
     panic!(
-        "sluice {role} did not become healthy; see {}",
-        data.with_extension("log").display()
+        "sluice {role} did not become healthy; the end of its log:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
 }
 

@@ -146,7 +146,7 @@ async fn wal_disk_full_fails_readiness_refuses_ingest_loses_nothing_and_restarts
     );
 
     // Every acked event is delivered although the log cannot append.
-    assert_all_delivered(&[out.clone()], &acked, Duration::from_secs(20)).await;
+    assert_all_delivered(std::slice::from_ref(&out), &acked, Duration::from_secs(20)).await;
 
     // Space freed: the node stays failed (a restart is needed, and it says so) ...
     std::fs::remove_file(&balloon).unwrap();

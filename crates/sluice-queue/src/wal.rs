@@ -77,6 +77,11 @@ impl WalObserver for Wake {
             n.on_durable(durable_end);
         }
     }
+    fn on_failure(&self, op: &'static str, error: &std::io::Error) {
+        if let Some(n) = &self.next {
+            n.on_failure(op, error);
+        }
+    }
 }
 
 impl WalQueue {
@@ -163,6 +168,15 @@ impl Queue for WalQueue {
             bytes_per_event: AtomicU64::new(0),
             opts: self.inner.opts.clone(),
         }))
+    }
+
+    /// `Err` once a WAL write or fsync failed: the log refuses appends until the
+    /// node is restarted, and the message says what failed and what to do.
+    fn health(&self) -> Result<(), String> {
+        match self.inner.wal.failure() {
+            Some(failure) => Err(failure.to_string()),
+            None => Ok(()),
+        }
     }
 
     fn stats(&self) -> QueueStats {

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Records written per WAL group commit.
     pub group_commit_records: Histogram,
+    /// 1 once a WAL write or fsync failed and the log refuses appends (until restart).
+    pub wal_failed: Gauge,
+    /// WAL write and sync errors, by operation (`write`, `fdatasync`, `create segment`).
+    pub wal_io_errors: Family<Label, Counter>,
     /// Connections open, by listener.
     pub connections_open: Family<Label, Gauge>,
     /// Connections closed or refused by the server, by listener and reason
@@ -169,6 +173,18 @@ impl Metrics {
             "Records written per WAL group commit",
             group_commit_records.clone(),
         );
+        let wal_failed = Gauge::default();
+        r.register(
+            "sluice_wal_failed",
+            "1 once a WAL write or fsync failed and the log refuses appends until restart",
+            wal_failed.clone(),
+        );
+        let wal_io_errors = Family::<Label, Counter>::default();
+        r.register(
+            "sluice_wal_io_errors",
+            "WAL write and sync errors, by operation",
+            wal_io_errors.clone(),
+        );
         let queue_depth_events = Gauge::default();
         r.register(
             "sluice_queue_depth_events",
@@ -226,6 +242,8 @@ impl Metrics {
             request_seconds,
             fsync_seconds,
             group_commit_records,
+            wal_failed,
+            wal_io_errors,
             connections_open,
             connections_closed,
             tls_reloads,
@@ -307,5 +325,10 @@ impl WalObserver for WalMetrics {
         if let Some(d) = sync {
             self.0.fsync_seconds.observe(d.as_secs_f64());
         }
+    }
+
+    fn on_failure(&self, op: &'static str, _error: &std::io::Error) {
+        self.0.wal_io_errors.get_or_create(&[("op", op)]).inc();
+        self.0.wal_failed.set(1);
     }
 }

@@ -20,6 +20,20 @@ pub enum OpenError {
         #[source]
         source: io::Error,
     },
+    /// The last segment holds a bad frame with valid frames after it: corruption
+    /// of data that may have been acked, not a torn tail. Open refuses to cut it;
+    /// `sluice wal repair DIR` ([`repair`](crate::repair)) keeps every valid frame
+    /// and moves the unreadable bytes to a quarantine file.
+    #[error(
+        "wal segment {segment} is corrupt at file offset {offset} ({reason}) and valid records follow at offset {next_valid}: they may have been acked, so the log is not cut; run `sluice wal repair {dir}` to keep every valid record and move the unreadable bytes to a quarantine file"
+    )]
+    Corrupt {
+        segment: String,
+        offset: u64,
+        reason: String,
+        next_valid: u64,
+        dir: String,
+    },
     /// A consumer checkpoint file does not hold a valid checkpoint.
     #[error("wal open: checkpoint file {file} is corrupt")]
     CorruptCheckpoint { file: String },
@@ -127,7 +141,8 @@ impl fmt::Debug for AppendError {
 #[derive(Debug, Error)]
 pub enum ReadError {
     /// A frame before the durable end failed its header, length or CRC check. The
-    /// reader already moved past the rest of that segment; log it and keep reading.
+    /// reader already moved past the bad bytes (to the next valid frame of that
+    /// segment, or the next segment); log it and keep reading.
     #[error(
         "corrupt frame in segment {segment} at file offset {offset} (position {pos}): {reason}; skipped {skipped_bytes} bytes"
     )]
@@ -190,6 +205,18 @@ pub enum CloseError {
     /// The writer thread panicked.
     #[error("wal writer thread panicked")]
     WriterPanicked,
+}
+
+/// Why [`repair`](crate::repair) failed.
+#[derive(Debug, Error)]
+pub enum RepairError {
+    #[error("wal repair: {op} failed on {file}; the repair is idempotent, run it again once the cause is fixed")]
+    Io {
+        op: &'static str,
+        file: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why [`inspect`](crate::inspect) failed.

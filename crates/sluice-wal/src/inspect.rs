@@ -3,9 +3,11 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::analysis;
 use crate::checkpoint;
 use crate::error::InspectError;
 use crate::frame::{self, HEADER_LEN};
+use crate::repair;
 use crate::segment::{self, CachedFile, ScanProblem};
 use crate::storage::{FsStorage, Storage};
 
@@ -21,8 +23,11 @@ pub struct SegmentReport {
     pub records: u64,
     /// First bad frame (file offset and reason), if any.
     pub corruption: Option<ScanProblem>,
-    /// Set when this segment's data does not end where the next one starts.
+    /// Set when this segment's data does not end where the next one starts and no
+    /// quarantine file accounts for the hole.
     pub gap: Option<String>,
+    /// Quarantine files of this segment (bytes `repair` or open moved aside).
+    pub quarantined: Vec<String>,
 }
 
 /// What [`inspect`] found.
@@ -61,7 +66,16 @@ impl fmt::Display for Inspection {
         )?;
         for s in &self.segments {
             let status = match (&s.corruption, &s.gap) {
-                (Some(p), _) => format!("CORRUPT at offset {}: {}", p.offset, p.reason),
+                (Some(p), _) => match p.resumes_at {
+                    Some(next) => format!(
+                        "CORRUPT at offset {}: {}; valid records resume at offset {next}: run `sluice wal repair`",
+                        p.offset, p.reason
+                    ),
+                    None => format!(
+                        "torn tail at offset {}: {} (nothing valid after it; the next start copies it aside and cuts it)",
+                        p.offset, p.reason
+                    ),
+                },
                 (None, Some(gap)) => format!("GAP: {gap}"),
                 (None, None) => "ok".to_owned(),
             };
@@ -70,6 +84,9 @@ impl fmt::Display for Inspection {
                 "{:<26} {:>20} {:>12} {:>10}  {status}",
                 s.file, s.base, s.size, s.records
             )?;
+            for q in &s.quarantined {
+                writeln!(f, "  quarantined bytes kept in {q}")?;
+            }
         }
         if self.consumers.is_empty() {
             writeln!(f, "no consumers")?;
@@ -100,14 +117,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
         file: dir.display().to_string(),
         source,
     })?;
-    inspect_storage(&storage, u64::from(u32::MAX))
+    inspect_storage(&storage)
 }
 
-/// [`inspect`] over any storage; frames longer than `max_record_bytes` count as corrupt.
-pub fn inspect_storage(
-    storage: &dyn Storage,
-    max_record_bytes: u64,
-) -> Result<Inspection, InspectError> {
+/// [`inspect`] over any storage. Frame lengths are bounded by the format only.
+pub fn inspect_storage(storage: &dyn Storage) -> Result<Inspection, InspectError> {
     let io = |op: &'static str, file: &str| {
         let file = format!("{}/{file}", storage.describe());
         move |source| InspectError::Io { op, file, source }
@@ -116,12 +130,18 @@ pub fn inspect_storage(
     names.sort();
     let mut segments: Vec<SegmentReport> = Vec::new();
     let mut consumers = Vec::new();
+    // Position ranges accounted for by quarantine files.
+    let mut holes: Vec<(u64, u64, String)> = Vec::new();
     for name in &names {
         if let Some(base) = frame::parse_segment_name(name) {
             let file = storage.open(name, false).map_err(io("open", name))?;
             let mut cached = CachedFile::new(file);
-            let scan =
-                segment::scan(&mut cached, base, max_record_bytes).map_err(io("read", name))?;
+            let mut scan = segment::scan(&mut cached, base).map_err(io("read", name))?;
+            if let Some(problem) = scan.problem.as_mut() {
+                let data = segment::read_all(cached.file()).map_err(io("read", name))?;
+                let found = analysis::analyze(&data, base);
+                problem.resumes_at = found.corruption().map(|(_, next)| next);
+            }
             segments.push(SegmentReport {
                 file: name.clone(),
                 base,
@@ -129,17 +149,31 @@ pub fn inspect_storage(
                 records: scan.records,
                 corruption: scan.problem,
                 gap: None,
+                quarantined: Vec::new(),
             });
+        } else if let Some((base, offset)) = repair::parse_quarantine_name(name) {
+            let len = storage
+                .open(name, false)
+                .and_then(|f| f.len())
+                .map_err(io("stat", name))?;
+            let start = base + offset.saturating_sub(HEADER_LEN);
+            holes.push((start, start + len, name.clone()));
         } else if let Some(consumer) = checkpoint::parse_file_name(name) {
             let pos = checkpoint::read(storage, name).map_err(io("read", name))?;
             consumers.push((consumer.to_owned(), pos));
+        }
+    }
+    for (start, _, name) in &holes {
+        if let Some(s) = segments.iter_mut().rev().find(|s| s.base <= *start) {
+            s.quarantined.push(name.clone());
         }
     }
     for i in 1..segments.len() {
         let prev = &segments[i - 1];
         let data_end = prev.base + prev.size.saturating_sub(HEADER_LEN);
         let next = segments[i].base;
-        if data_end != next {
+        let accounted = holes.iter().any(|(s, e, _)| *s < next && *e > data_end);
+        if data_end != next && !(data_end < next && accounted) {
             segments[i - 1].gap = Some(format!(
                 "data ends at {data_end}, next segment starts at {next}"
             ));

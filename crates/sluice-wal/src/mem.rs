@@ -31,6 +31,10 @@ struct State {
     dead: bool,
     fail_after: Option<u64>,
     syncs: u64,
+    /// While set, every file write stores the first half of its bytes, then fails with this OS error.
+    write_error: Option<i32>,
+    /// While set, every file sync fails with this OS error.
+    sync_error: Option<i32>,
 }
 
 impl State {
@@ -82,6 +86,18 @@ impl MemStorage {
     /// renames, removals, truncations) fails, as if the machine stopped there.
     pub fn fail_after(&self, n: u64) {
         lock(&self.state).fail_after = Some(n);
+    }
+
+    /// While `Some(errno)`, every file write stores the first half of its bytes and
+    /// then fails with that OS error (`28` is ENOSPC), as a full disk does; the
+    /// storage stays alive. `None` lets writes succeed again.
+    pub fn fail_writes(&self, errno: Option<i32>) {
+        lock(&self.state).write_error = errno;
+    }
+
+    /// While `Some(errno)`, every file sync fails with that OS error (`5` is EIO).
+    pub fn fail_syncs(&self, errno: Option<i32>) {
+        lock(&self.state).sync_error = errno;
     }
 
     /// Whether the storage has stopped (after [`fail_after`](Self::fail_after) or [`crash`](Self::crash)).
@@ -246,7 +262,18 @@ impl StorageFile for MemHandle {
     }
 
     fn write_all_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        lock(&self.state).tick()?;
+        let write_error = {
+            let mut st = lock(&self.state);
+            st.tick()?;
+            st.write_error
+        };
+        let (data, result) = match write_error {
+            Some(errno) => (
+                &data[..data.len() / 2],
+                Err(io::Error::from_raw_os_error(errno)),
+            ),
+            None => (data, Ok(())),
+        };
         let mut f = lock(&self.file);
         let offset = offset as usize;
         if f.data.len() < offset + data.len() {
@@ -256,12 +283,15 @@ impl StorageFile for MemHandle {
         if offset < f.synced_len {
             f.synced_len = offset;
         }
-        Ok(())
+        result
     }
 
     fn sync_data(&self) -> io::Result<()> {
         let mut st = lock(&self.state);
         st.tick()?;
+        if let Some(errno) = st.sync_error {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         st.syncs += 1;
         let mut f = lock(&self.file);
         f.synced_len = f.data.len();

@@ -30,6 +30,11 @@ pub trait WalObserver: Send + Sync {
     fn on_durable(&self, durable_end: u64) {
         let _ = durable_end;
     }
+    /// Once, when a write or sync failed and the WAL stopped taking appends. `op`
+    /// is `write`, `fdatasync` or `create segment`.
+    fn on_failure(&self, op: &'static str, error: &std::io::Error) {
+        let _ = (op, error);
+    }
 }
 
 /// How a WAL is sized and synced.

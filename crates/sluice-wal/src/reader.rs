@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::{error, warn};
 
+use crate::analysis;
 use crate::error::ReadError;
 use crate::frame::{self, FRAME_OVERHEAD, HEADER_LEN};
 use crate::segment::{self, CachedFile};
@@ -36,6 +37,8 @@ struct Span {
     base: u64,
     /// Logical position where reading this segment must stop.
     limit: u64,
+    /// The next segment's base, when this is not the last segment.
+    next: Option<u64>,
 }
 
 impl Reader {
@@ -59,7 +62,7 @@ impl Reader {
     ///
     /// A frame that fails its checks gives [`ReadError::Corrupt`] (records read
     /// before it are returned first, by the previous call); the reader has then
-    /// moved to the next segment, so keep reading.
+    /// moved to the next valid frame (or the next segment), so keep reading.
     pub fn read(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>, ReadError> {
         let end = self.shared.durable_end.load(Ordering::Acquire);
         let mut out: Vec<Record> = Vec::new();
@@ -94,6 +97,17 @@ impl Reader {
             return Ok(None);
         }
         let span = self.span(end);
+        if let Some(next) = span.next.filter(|&n| self.pos >= span.limit && n <= end) {
+            // A hole left by `repair` (its bytes are in a quarantine file).
+            warn!(
+                position = self.pos,
+                next,
+                "reader position is in a repaired hole of the log, moving to the next segment"
+            );
+            self.pos = next;
+            self.seg = None;
+            return Ok(None);
+        }
         let opened = matches!(&self.seg, Some((base, _)) if *base == span.base);
         if !opened {
             match self.open(span.base) {
@@ -106,7 +120,7 @@ impl Reader {
         let base = *base;
         let offset = HEADER_LEN + (self.pos - base);
         let limit = HEADER_LEN + (span.limit - base);
-        let max = self.shared.limits.max_record_bytes;
+        let max = segment::FORMAT_MAX_RECORD;
         let head = segment::check_frame(file, offset, limit, max)
             .map_err(|e| Problem::Io(e, frame::segment_name(base)))?
             .map_err(|reason| Problem::Corrupt {
@@ -140,9 +154,15 @@ impl Reader {
             .map(|(b, _)| *b)
             .unwrap_or(self.pos);
         let next = segs.range(self.pos + 1..).next().map(|(b, _)| *b);
+        // A segment that is not the last one may end before the next one starts
+        // (a hole left by `repair`): its data ends at its file length.
+        let data_end = segs
+            .get(&base)
+            .map_or(u64::MAX, |len| base + len.saturating_sub(HEADER_LEN));
         Span {
             base,
-            limit: next.map_or(end, |n| n.min(end)),
+            limit: next.map_or(end, |n| n.min(end).min(data_end)),
+            next,
         }
     }
 
@@ -169,7 +189,23 @@ impl Reader {
         }
     }
 
-    /// Turns a problem into the error to return, moving past the bad segment.
+    /// The position of the first valid frame after the bad one at file `offset`,
+    /// before `limit`; `None` when there is none or the segment cannot be read.
+    fn next_valid(&self, base: u64, offset: u64, limit: u64) -> Option<u64> {
+        let file = self
+            .shared
+            .storage
+            .open(&frame::segment_name(base), false)
+            .ok()?;
+        let len = HEADER_LEN + (limit - base);
+        let mut data = vec![0u8; len as usize];
+        let got = file.read_full_at(0, &mut data).ok()?;
+        data.truncate(got);
+        let y = analysis::next_valid(&data, offset + 1)?;
+        Some(base + (y - HEADER_LEN))
+    }
+
+    /// Turns a problem into the error to return, moving past the bad bytes.
     fn skip(&mut self, problem: Problem) -> ReadError {
         match problem {
             Problem::Io(source, name) => ReadError::Io {
@@ -184,7 +220,10 @@ impl Reader {
                 reason,
             } => {
                 let name = frame::segment_name(base);
-                let skipped_bytes = limit - self.pos;
+                // Skip only the bad bytes: resume at the next valid frame of this
+                // segment, or at its end when there is none.
+                let resume = self.next_valid(base, offset, limit).unwrap_or(limit);
+                let skipped_bytes = resume - self.pos;
                 let err = ReadError::Corrupt {
                     segment: self.shared.describe(&name),
                     offset,
@@ -192,8 +231,8 @@ impl Reader {
                     skipped_bytes,
                     reason,
                 };
-                error!(segment = %name, offset, position = self.pos, skipped_bytes, error = %err, "corrupt wal frame, skipping the rest of the segment");
-                self.pos = limit;
+                error!(segment = %name, offset, position = self.pos, skipped_bytes, error = %err, "corrupt wal frame, skipping to the next valid frame (run `sluice wal repair` while the node is stopped)");
+                self.pos = resume;
                 self.seg = None;
                 err
             }

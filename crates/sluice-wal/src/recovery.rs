@@ -5,20 +5,26 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
+use crate::analysis;
 use crate::checkpoint;
 use crate::error::OpenError;
 use crate::frame::{self, HEADER_LEN};
-use crate::options::WalOptions;
+use crate::repair;
 use crate::segment::{self, CachedFile};
 use crate::storage::{Storage, StorageFile};
 
 /// What [`Wal::open`](crate::Wal::open) found and repaired.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Recovery {
-    /// Bytes cut from the end of the last segment (a torn or corrupt tail: never acked).
+    /// Bytes cut from the end of the last segment: a torn tail (a bad frame with
+    /// nothing valid after it, so never acked).
     pub truncated_bytes: u64,
     /// Why the tail was cut, when it was.
     pub truncate_reason: Option<String>,
+    /// File offset in the last segment where the cut tail started.
+    pub truncated_at: Option<u64>,
+    /// Where the cut bytes were copied before the cut (a file in the WAL directory).
+    pub quarantine_file: Option<String>,
     /// Segment files after recovery.
     pub segments: usize,
     /// Valid records in the last segment (the one that was scanned).
@@ -50,7 +56,7 @@ pub(crate) struct Recovered {
     pub active: Active,
 }
 
-pub(crate) fn recover(storage: &dyn Storage, opts: &WalOptions) -> Result<Recovered, OpenError> {
+pub(crate) fn recover(storage: &dyn Storage) -> Result<Recovered, OpenError> {
     let io = |op: &'static str, file: &str| {
         let file = format!("{}/{file}", storage.describe());
         move |source| OpenError::Io { op, file, source }
@@ -89,7 +95,7 @@ pub(crate) fn recover(storage: &dyn Storage, opts: &WalOptions) -> Result<Recove
     }
 
     let mut active = match bases.last() {
-        Some(&base) => recover_tail(storage, opts, base, &mut recovery)?,
+        Some(&base) => recover_tail(storage, base, &mut recovery)?,
         None => {
             let base = max_checkpoint.unwrap_or(0);
             let name = frame::segment_name(base);
@@ -153,10 +159,10 @@ pub(crate) fn recover(storage: &dyn Storage, opts: &WalOptions) -> Result<Recove
     })
 }
 
-/// Scans the last segment and cuts everything after its last good frame.
+/// Scans the last segment; cuts a torn tail after copying it aside, and refuses
+/// to cut anything that has a valid frame after it.
 fn recover_tail(
     storage: &dyn Storage,
-    opts: &WalOptions,
     base: u64,
     recovery: &mut Recovery,
 ) -> Result<Active, OpenError> {
@@ -167,35 +173,77 @@ fn recover_tail(
         move |source| OpenError::Io { op, file, source }
     };
     let mut cached = CachedFile::new(storage.open(&name, false).map_err(io("open"))?);
-    let scan = segment::scan(&mut cached, base, opts.max_record_bytes).map_err(io("read"))?;
+    let scan = segment::scan(&mut cached, base).map_err(io("read"))?;
     let file = cached.into_inner();
-    if let Some(problem) = &scan.problem {
-        let dropped = scan.file_len - scan.valid_end;
-        warn!(
-            segment = %file_name,
-            offset = problem.offset,
-            truncated_bytes = dropped,
-            reason = %problem.reason,
-            "torn or corrupt wal tail, truncating (these bytes were never acked)"
-        );
-        recovery.truncated_bytes = dropped;
-        recovery.truncate_reason = Some(problem.reason.clone());
-        if scan.valid_end == 0 {
-            // Bad header: the segment was being created when the crash came.
-            file.set_len(0).map_err(io("truncate"))?;
-            file.write_all_at(0, &frame::encode_header(base))
-                .map_err(io("write header"))?;
-        } else {
-            file.set_len(scan.valid_end).map_err(io("truncate"))?;
-        }
-        file.sync_data().map_err(io("fdatasync"))?;
+    if scan.problem.is_none() {
+        return Ok(Active {
+            base,
+            file,
+            len: scan.valid_end,
+            records: scan.records,
+        });
     }
-    let len = scan.valid_end.max(HEADER_LEN);
-    debug_assert!(len <= scan.file_len.max(HEADER_LEN));
+    // Something is bad: look at the whole segment to tell a torn tail from corruption.
+    let data = segment::read_all(&*file).map_err(io("read"))?;
+    let found = analysis::analyze(&data, base);
+    if let Some((bad, next_valid)) = found.corruption() {
+        return Err(OpenError::Corrupt {
+            segment: file_name,
+            offset: bad.start,
+            reason: bad.reason.clone(),
+            next_valid,
+            dir: storage.describe(),
+        });
+    }
+    let Some(tail) = found.torn_tail() else {
+        // The streaming scan and the analysis apply the same checks, so this is
+        // unreachable; a clean analysis means nothing to cut.
+        debug_assert!(found.bad.is_empty(), "{found:?}");
+        return Ok(Active {
+            base,
+            file,
+            len: found.file_len.max(HEADER_LEN),
+            records: found.records(),
+        });
+    };
+    let cut_at = tail.start;
+    let dropped = found.file_len - cut_at;
+    let mut quarantine_file = None;
+    if dropped > 0 {
+        let q = repair::quarantine(storage, &name, cut_at, &data[cut_at as usize..])
+            .map_err(io("copy torn tail to a quarantine file"))?;
+        storage
+            .sync_dir()
+            .map_err(io("fsync directory after quarantine"))?;
+        quarantine_file = Some(format!("{}/{q}", storage.describe()));
+    }
+    warn!(
+        segment = %file_name,
+        offset = cut_at,
+        truncated_bytes = dropped,
+        reason = %tail.reason,
+        quarantine = quarantine_file.as_deref().unwrap_or("-"),
+        "torn wal tail (nothing valid after it, so never acked): copied aside and truncated"
+    );
+    recovery.truncated_bytes = dropped;
+    recovery.truncate_reason = Some(tail.reason.clone());
+    recovery.truncated_at = Some(cut_at);
+    recovery.quarantine_file = quarantine_file;
+    if found.header_problem.is_some() {
+        // Bad header and no frame: the segment was being created when the crash came.
+        file.set_len(0).map_err(io("truncate"))?;
+        file.write_all_at(0, &frame::encode_header(base))
+            .map_err(io("write header"))?;
+    } else {
+        file.set_len(cut_at).map_err(io("truncate"))?;
+    }
+    file.sync_data().map_err(io("fdatasync"))?;
+    let len = cut_at.max(HEADER_LEN);
+    debug_assert!(len <= found.file_len.max(HEADER_LEN));
     Ok(Active {
         base,
         file,
         len,
-        records: scan.records,
+        records: found.records(),
     })
 }

@@ -72,6 +72,10 @@ pub struct ScanProblem {
     /// File offset of the first bad byte (a frame start, or 0 for the header).
     pub offset: u64,
     pub reason: String,
+    /// File offset of the first valid frame after the bad bytes, if any: then this
+    /// is corruption (`sluice wal repair` keeps every valid frame); `None` means a
+    /// torn tail (never acked; open cuts it after copying it aside).
+    pub resumes_at: Option<u64>,
 }
 
 /// Result of scanning one segment.
@@ -136,28 +140,42 @@ pub fn read_header(
     Ok(frame::check_header(h, base).map_err(|p: HeaderProblem| p.to_string()))
 }
 
+/// Frame lengths allowed when reading: whatever the format can hold. The size
+/// limit of today's config applies to appends only, so a frame written under a
+/// bigger `max_record_bytes` stays readable.
+pub const FORMAT_MAX_RECORD: u64 = u32::MAX as u64;
+
 /// Scans a whole segment frame by frame and stops at the first bad frame.
-pub fn scan(file: &mut CachedFile, base: u64, max_record_bytes: u64) -> io::Result<ScanOutcome> {
+/// Whether valid frames follow it is for [`analysis`](crate::analysis) to say.
+pub fn scan(file: &mut CachedFile, base: u64) -> io::Result<ScanOutcome> {
     let file_len = file.file().len()?;
     if let Err(reason) = read_header(file, base, file_len)? {
         return Ok(ScanOutcome {
             valid_end: 0,
             records: 0,
             file_len,
-            problem: Some(ScanProblem { offset: 0, reason }),
+            problem: Some(ScanProblem {
+                offset: 0,
+                reason,
+                resumes_at: None,
+            }),
         });
     }
     let mut offset = HEADER_LEN;
     let mut records = 0;
     let mut problem = None;
     while offset < file_len {
-        match check_frame(file, offset, file_len, max_record_bytes)? {
+        match check_frame(file, offset, file_len, FORMAT_MAX_RECORD)? {
             Ok(head) => {
                 offset += head.frame_len();
                 records += 1;
             }
             Err(reason) => {
-                problem = Some(ScanProblem { offset, reason });
+                problem = Some(ScanProblem {
+                    offset,
+                    reason,
+                    resumes_at: None,
+                });
                 break;
             }
         }
@@ -180,6 +198,15 @@ pub fn create(storage: &dyn Storage, base: u64) -> io::Result<Box<dyn StorageFil
     file.sync_data()?;
     storage.sync_dir()?;
     Ok(file)
+}
+
+/// Reads a whole file into memory.
+pub fn read_all(file: &dyn StorageFile) -> io::Result<Vec<u8>> {
+    let len = file.len()?;
+    let mut buf = vec![0u8; len as usize];
+    let got = file.read_full_at(0, &mut buf)?;
+    buf.truncate(got);
+    Ok(buf)
 }
 
 impl CachedFile {

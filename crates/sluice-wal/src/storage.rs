@@ -73,10 +73,27 @@ pub struct FsStorage {
 }
 
 impl FsStorage {
-    /// Uses `dir`, creating it (and its parents) when missing.
+    /// Uses `dir`, creating it (and its parents) when missing. Every directory it
+    /// creates is fsynced, and so is the parent it was created in, so the WAL
+    /// directory's own entry survives a power loss like the segments inside it.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<FsStorage> {
         let dir = dir.as_ref().to_path_buf();
+        let mut missing = Vec::new();
+        let mut at = Some(dir.as_path());
+        while let Some(p) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+            missing.push(p.to_path_buf());
+            at = p.parent();
+        }
         std::fs::create_dir_all(&dir)?;
+        // Deepest first: each new directory, then the directory holding it.
+        for created in &missing {
+            File::open(created)?.sync_all()?;
+            let parent = created
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            File::open(parent)?.sync_all()?;
+        }
         Ok(FsStorage { dir })
     }
 

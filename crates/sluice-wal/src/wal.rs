@@ -39,7 +39,7 @@ pub(crate) struct Queue {
     pub bytes_on_disk: u64,
     pub closed: bool,
     /// Set once a write or sync failed; no append is taken after that.
-    pub failed: Option<String>,
+    pub failed: Option<WalFailure>,
 }
 
 pub(crate) struct Limits {
@@ -90,6 +90,50 @@ pub struct Wal {
     handle: Arc<Handle>,
 }
 
+/// The write or sync failure that stopped the WAL taking appends.
+///
+/// Its `Display` says what failed, where, and what the operator must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalFailure {
+    /// `write`, `fdatasync` or `create segment`.
+    pub op: &'static str,
+    /// The file it failed on.
+    pub file: String,
+    /// The I/O error, as text.
+    pub error: String,
+    /// Whether the error was "no space left on device".
+    pub disk_full: bool,
+}
+
+impl WalFailure {
+    pub(crate) fn new(op: &'static str, file: String, error: &std::io::Error) -> WalFailure {
+        WalFailure {
+            op,
+            file,
+            error: error.to_string(),
+            disk_full: error.kind() == std::io::ErrorKind::StorageFull
+                || error.raw_os_error() == Some(28),
+        }
+    }
+}
+
+impl std::fmt::Display for WalFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "write-ahead log {} failed on {}: {}; ",
+            self.op, self.file, self.error
+        )?;
+        if self.op == "fdatasync" {
+            f.write_str("a failed fsync cannot be retried safely, so appends are refused until the node is restarted (it recovers the log from disk; every acked record is kept)")
+        } else if self.disk_full {
+            f.write_str("the disk is full: free space on the file system of the wal directory, then restart the node (every acked record is kept)")
+        } else {
+            f.write_str("appends are refused until the node is restarted; check the disk (every acked record is kept)")
+        }
+    }
+}
+
 /// A snapshot of the WAL's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalStats {
@@ -124,7 +168,7 @@ impl Wal {
     ) -> Result<(Wal, Recovery), OpenError> {
         opts.validate()?;
         let storage: Arc<dyn Storage> = Arc::new(storage);
-        let recovered = recovery::recover(&*storage, &opts)?;
+        let recovered = recovery::recover(&*storage)?;
         let shared = Arc::new(Shared {
             storage,
             limits: Limits {
@@ -178,10 +222,10 @@ impl Wal {
         }
         let frame_bytes = record.len() as u64 + FRAME_OVERHEAD;
         let mut q = lock(&sh.queue);
-        if let Some(reason) = &q.failed {
+        if let Some(failure) = &q.failed {
             return Err(AppendError::Failed {
                 record,
-                reason: reason.clone(),
+                reason: failure.to_string(),
             });
         }
         if q.closed {
@@ -273,6 +317,12 @@ impl Wal {
         cps.insert(consumer.to_owned(), pos);
         let min = cps.values().copied().min().unwrap_or(pos);
         delete_before(sh, min)
+    }
+
+    /// Why the WAL refuses appends, once a write or sync failed; `None` while healthy.
+    /// The failure is permanent for this process: the node must be restarted.
+    pub fn failure(&self) -> Option<WalFailure> {
+        lock(&self.shared().queue).failed.clone()
     }
 
     /// Counters for metrics and tests.

@@ -16,7 +16,7 @@ use crate::frame::{self, FRAME_OVERHEAD, HEADER_LEN};
 use crate::options::SyncMode;
 use crate::recovery::Active;
 use crate::segment;
-use crate::wal::{lock, Pending, Shared};
+use crate::wal::{lock, Pending, Shared, WalFailure};
 
 /// Flush the group buffer to the file once it holds this much.
 const WRITE_CHUNK: usize = 4 << 20;
@@ -251,18 +251,19 @@ impl Writer {
     /// Poisons the WAL after a failed write or sync; fails the group in flight and
     /// everything queued. Returns the reason.
     fn fail(&mut self, group: Group, failure: Failure) -> String {
-        let reason = format!(
-            "{} failed on {}: {}",
-            failure.op, failure.file, failure.source
-        );
-        error!(op = failure.op, file = %failure.file, error = %failure.source, "wal write failed, refusing further appends");
+        let info = WalFailure::new(failure.op, failure.file.clone(), &failure.source);
+        let reason = info.to_string();
+        error!(op = failure.op, file = %failure.file, error = %failure.source, "wal write failed, refusing further appends until restart");
         let queued = {
             let mut q = lock(&self.shared.queue);
-            q.failed = Some(reason.clone());
+            q.failed = Some(info);
             let items = mem::take(&mut q.items);
             q.pending_bytes = 0;
             items
         };
+        if let Some(obs) = &self.shared.observer {
+            obs.on_failure(failure.op, &failure.source);
+        }
         for item in group.items {
             let source = io::Error::new(failure.source.kind(), failure.source.to_string());
             (item.done)(Err(AppendError::Io {

@@ -143,6 +143,13 @@ enum WalCmd {
         /// The WAL directory, or a data directory holding `wal/`.
         dir: PathBuf,
     },
+    /// Keep every valid record (at its position) and move unreadable bytes to
+    /// `<segment>.quarantine-<offset>` files; run it while the node is stopped,
+    /// when a start refuses a corrupt log. Idempotent.
+    Repair {
+        /// The WAL directory, or a data directory holding `wal/`.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -211,7 +218,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("streams = [{}]", streams.join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Wal(WalCmd::Inspect { dir }) | Cmd::Wal(WalCmd::Verify { dir }) if !dir.exists() => {
+        Cmd::Wal(WalCmd::Inspect { dir })
+        | Cmd::Wal(WalCmd::Verify { dir })
+        | Cmd::Wal(WalCmd::Repair { dir })
+            if !dir.exists() =>
+        {
             anyhow::bail!("{} does not exist", dir.display())
         }
         Cmd::Wal(WalCmd::Inspect { dir }) => {
@@ -227,6 +238,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{report}");
             }
             Ok(clean_code(report.is_clean()))
+        }
+        Cmd::Wal(WalCmd::Repair { dir }) => {
+            let report = sluice_wal::repair(&wal_dir(&dir))?;
+            println!("{report}");
+            let after = sluice_wal::inspect(&wal_dir(&dir))?;
+            if !after.is_clean() {
+                println!("{after}");
+            }
+            Ok(clean_code(after.is_clean()))
         }
     }
 }

@@ -2,6 +2,7 @@
 //! proptest crash model over `MemStorage`.
 
 mod concurrent;
+mod corruption;
 mod failure;
 mod files;
 mod model;

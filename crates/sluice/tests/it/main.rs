@@ -6,6 +6,7 @@ mod backpressure;
 mod brokers;
 mod cli;
 mod crash;
+mod disk;
 mod gateway;
 mod grpc;
 mod http_sink;

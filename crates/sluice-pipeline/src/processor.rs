@@ -42,7 +42,7 @@ pub struct ProcessorOptions {
     pub batch_max_wait: Duration,
     /// First retry delay of a failing sink; default 100 ms.
     pub retry_initial: Duration,
-    /// Largest retry delay; default 30 s.
+    /// Largest retry delay, also the cap on a sink's `Retry-After`; default 30 s.
     pub retry_max: Duration,
     /// The queue consumer (group) name; default `processor`.
     pub consumer: String,
@@ -291,7 +291,9 @@ async fn to_sink(
                     ..
                 } = &e
                 {
-                    delay = delay.max(*at_least);
+                    // The sink's `Retry-After` is honoured up to `retry_max`: a
+                    // downstream cannot park a worker (and the queue) for hours.
+                    delay = delay.max((*at_least).min(opts.retry_max));
                 }
                 tracing::warn!(
                     worker = id,

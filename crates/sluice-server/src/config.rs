@@ -161,7 +161,10 @@ pub struct HttpConfig {
     pub max_body_bytes: ByteSize,
     /// Requests handled at once; more get 429. Default 4,096.
     pub max_concurrent_requests: usize,
-    /// A client must send its request headers within this time. Default `10s`.
+    /// A client must send its request headers within this time: the first request's
+    /// (TLS handshake and HTTP/2 preface included) counted from the accept, a later
+    /// HTTP/1 request's from its first byte. A deadline, not an inactivity timer:
+    /// trickling bytes does not extend it. Default `10s`.
     pub header_read_timeout: HumanDuration,
     /// A client must send its whole body within this time (408 past it). Default `30s`.
     pub body_read_timeout: HumanDuration,
@@ -170,8 +173,14 @@ pub struct HttpConfig {
     /// Connections open at once per listener; more are closed as they are accepted.
     /// Default 20,000 (sluice raises its open-file limit to fit).
     pub max_connections: usize,
-    /// A connection with no traffic for this long is closed (gracefully). Default `60s`.
+    /// A connection with no request in flight and none started for this long is
+    /// asked to close (HTTP/2 PINGs, SETTINGS and WINDOW_UPDATEs do not keep it open).
+    /// Default `60s`.
     pub idle_timeout: HumanDuration,
+    /// A connection asked to close (idle, or the node shutting down) is closed hard
+    /// if its requests have not finished (or the peer has not acknowledged the
+    /// GOAWAY) within this long, freeing its `max_connections` slot. Default `10s`.
+    pub drain_timeout: HumanDuration,
 }
 
 /// `[grpc]`. Message sizes follow `http.max_body_bytes`.
@@ -206,7 +215,8 @@ pub struct ProcessorConfig {
     pub batch_max_wait: HumanDuration,
     /// First retry delay of a failing sink. Default `100ms`.
     pub retry_initial: HumanDuration,
-    /// Longest retry delay. Default `30s`.
+    /// Longest retry delay; a sink's `Retry-After` is honoured up to this too.
+    /// Default `30s`.
     pub retry_max: HumanDuration,
     /// The consumer group (Kafka) or durable consumer (JetStream) that processors
     /// share; processors with the same group split the work. Default `processor`.
@@ -318,6 +328,7 @@ impl Default for HttpConfig {
             max_concurrent_streams: 256,
             max_connections: 20_000,
             idle_timeout: HumanDuration(Duration::from_secs(60)),
+            drain_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

@@ -97,48 +97,65 @@ impl IngestState {
         .into())
     }
 
-    /// 429 while a node-wide or the key's own rate limit is in debt.
+    /// 429 while a node-wide or the key's own rate limit is in debt: a cheap hint
+    /// before the body is read (the decision is [`IngestState::charge`]).
     pub fn check_rate(&self, principal: &Principal) -> Result<(), ApiError> {
-        let key = principal.as_deref();
-        let buckets = [
-            (self.events_rate.as_ref(), "limits.events_per_s"),
-            (self.bytes_rate.as_ref(), "limits.bytes_per_s"),
-            (
-                key.and_then(|k| k.events.as_ref()),
-                "events_per_s of the API key",
-            ),
-            (
-                key.and_then(|k| k.bytes.as_ref()),
-                "bytes_per_s of the API key",
-            ),
-        ];
-        for (bucket, what) in buckets {
-            if let Some(Err(wait)) = bucket.map(Bucket::check) {
-                let who = key.map_or(String::new(), |k| format!(" (key {})", k.name));
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!("over the rate limit {what}{who}"),
-                )
-                .retry_after(wait.max(Duration::from_millis(1))));
+        for (bucket, what, _) in self.buckets(principal, 0, 0) {
+            if let Err(wait) = bucket.check() {
+                return Err(rate_limited(principal, what, wait));
             }
         }
         Ok(())
     }
 
-    /// Charges a request's events and bytes to the rate limits.
-    pub fn charge(&self, principal: &Principal, events: usize, bytes: usize) {
-        let key = principal.as_deref();
-        for (bucket, units) in [
-            (self.events_rate.as_ref(), events),
-            (self.bytes_rate.as_ref(), bytes),
-            (key.and_then(|k| k.events.as_ref()), events),
-            (key.and_then(|k| k.bytes.as_ref()), bytes),
-        ] {
-            if let Some(b) = bucket {
-                b.charge(units as u64);
+    /// Takes a request's events and bytes from the rate limits, or refuses it (429
+    /// with the exact wait as `Retry-After`, nothing taken) while one of them is in
+    /// debt. Each bucket checks and charges in one atomic step, so concurrent
+    /// requests cannot all pass the check and then all pay.
+    pub fn charge(
+        &self,
+        principal: &Principal,
+        events: usize,
+        bytes: usize,
+    ) -> Result<(), ApiError> {
+        let buckets = self.buckets(principal, events as u64, bytes as u64);
+        for (i, (bucket, what, units)) in buckets.iter().enumerate() {
+            if let Err(wait) = bucket.try_charge(*units) {
+                for (b, _, u) in &buckets[..i] {
+                    b.refund(*u);
+                }
+                return Err(rate_limited(principal, what, wait));
             }
         }
+        Ok(())
+    }
+
+    /// The rate limits that apply to `principal`, each with its name and what a
+    /// request of `events` and `bytes` costs it.
+    fn buckets<'a>(
+        &'a self,
+        principal: &'a Principal,
+        events: u64,
+        bytes: u64,
+    ) -> Vec<(&'a Bucket, &'static str, u64)> {
+        let key = principal.as_deref();
+        [
+            (self.events_rate.as_ref(), "limits.events_per_s", events),
+            (self.bytes_rate.as_ref(), "limits.bytes_per_s", bytes),
+            (
+                key.and_then(|k| k.events.as_ref()),
+                "events_per_s of the API key",
+                events,
+            ),
+            (
+                key.and_then(|k| k.bytes.as_ref()),
+                "bytes_per_s of the API key",
+                bytes,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(b, what, units)| b.map(|b| (b, what, units)))
+        .collect()
     }
 
     /// Appends one request's events as one batch (all or nothing) and returns once
@@ -151,4 +168,17 @@ impl IngestState {
         self.metrics.requests_accepted.inc();
         Ok(())
     }
+}
+
+/// The 429 of a rate limit in debt for another `wait`.
+fn rate_limited(principal: &Principal, what: &str, wait: Duration) -> ApiError {
+    let who = principal
+        .as_deref()
+        .map_or(String::new(), |k| format!(" (key {})", k.name));
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("over the rate limit {what}{who}"),
+    )
+    .retry_after(wait.max(Duration::from_millis(1)))
 }

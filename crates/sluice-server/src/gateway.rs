@@ -28,8 +28,15 @@
 //!   server and WAL append) than the events in it, so fewer, fuller calls are
 //!   cheaper. A merged call that fails fails every request in it, each with the same
 //!   status (429 with its own batch back, or 503).
+//! - The merge queue is bounded: at most `gateway.max_queued_bytes` of event bytes
+//!   and `gateway.max_queued_requests` requests wait for a call slot; past either the
+//!   request is refused at once with 429 and `Retry-After` (and, since the queue's
+//!   stats report that depth and capacity, the front door sheds before reading
+//!   bodies). A waiting request whose producer went away is dropped, never sent.
+//! - Readiness: every upstream is probed once at start; `/readyz` answers 503 (and
+//!   ingest 503 at once) while no upstream is healthy. Producers never see upstream
+//!   addresses: those go to the logs (`warn`) and the ejection metrics only.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -50,6 +57,9 @@ use tonic::Code;
 
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
+
+mod merge;
+use merge::{Merge, Waiter};
 
 /// One multiplexed HTTP/2 connection as a tower service for the generated client.
 #[derive(Clone)]
@@ -95,20 +105,6 @@ pub struct Upstreams {
     merge: Mutex<Merge>,
     /// This value's own `Arc`, for spawning the tasks that send merged calls.
     me: Weak<Upstreams>,
-}
-
-/// Requests waiting for an upstream call slot, and the calls running.
-#[derive(Default)]
-struct Merge {
-    waiting: VecDeque<Waiter>,
-    senders: usize,
-}
-
-/// One producer's request, waiting to go out in the next merged call.
-struct Waiter {
-    batch: Batch,
-    bytes: usize,
-    done: tokio::sync::oneshot::Sender<Result<(), AppendError>>,
 }
 
 /// Most events in one merged call.
@@ -203,6 +199,28 @@ impl Upstreams {
             .set(me.upstreams.len() as i64);
         tokio::spawn(me.clone().probe());
         Ok(me)
+    }
+
+    /// Probes every upstream once (at start): those that do not answer are ejected
+    /// at once, so readiness is known before the first request.
+    async fn probe_all(&self) {
+        let probes = self.upstreams.iter().map(|u| async move {
+            if !self.alive(u).await && !u.ejected.swap(true, Ordering::Relaxed) {
+                self.metrics.gateway_ejections.inc();
+                self.metrics.gateway_upstreams_healthy.dec();
+                tracing::warn!(upstream = %u.uri, "upstream does not answer, ejected");
+            }
+        });
+        futures_util::future::join_all(probes).await;
+    }
+
+    /// True when `u` answers an `Ingest` call (an empty request: a live node refuses
+    /// it with INVALID_ARGUMENT).
+    async fn alive(&self, u: &Upstream) -> bool {
+        matches!(
+            self.attempt(u, Bytes::new()).await,
+            Attempt::Refused(_) | Attempt::Ok
+        )
     }
 
     /// How many upstreams are healthy (not ejected).
@@ -348,6 +366,10 @@ impl Upstreams {
     /// Probes ejected upstreams until they answer an `Ingest` call again (an empty
     /// request: a live node refuses it with INVALID_ARGUMENT).
     async fn probe(self: Arc<Self>) {
+        tokio::select! {
+            _ = self.closed.cancelled() => return,
+            _ = self.probe_all() => {}
+        }
         loop {
             tokio::select! {
                 _ = self.closed.cancelled() => return,
@@ -357,11 +379,7 @@ impl Upstreams {
                 if !u.ejected.load(Ordering::Relaxed) {
                     continue;
                 }
-                let alive = matches!(
-                    self.attempt(u, Bytes::new()).await,
-                    Attempt::Refused(_) | Attempt::Ok
-                );
-                if alive {
+                if self.alive(u).await {
                     u.failures.store(0, Ordering::Relaxed);
                     if u.ejected.swap(false, Ordering::Relaxed) {
                         self.metrics.gateway_upstreams_healthy.inc();
@@ -427,9 +445,12 @@ impl Upstreams {
                 }
                 Attempt::Refused(status) => {
                     self.record(u, true);
+                    tracing::warn!(
+                        upstream = %u.uri, code = ?status.code(), message = status.message(),
+                        "upstream refused a batch"
+                    );
                     return Err(Failure::Backend(format!(
-                        "upstream {} refused the batch: {:?}: {}",
-                        u.uri,
+                        "an upstream refused the batch: {:?}: {}",
                         status.code(),
                         status.message()
                     )));
@@ -438,10 +459,14 @@ impl Upstreams {
         }
         Err(match full {
             Some(retry_after) => Failure::Full(retry_after),
-            None => Failure::Backend(format!(
-                "no upstream took the batch after {} attempts (last: {last_error})",
-                tried.len()
-            )),
+            None => {
+                // The upstream's address and error are for the operator, not producers.
+                tracing::warn!(attempts = tried.len(), last_error = %last_error, "no upstream took a batch");
+                Failure::Backend(format!(
+                    "no upstream took the batch after {} attempts",
+                    tried.len()
+                ))
+            }
         })
     }
 
@@ -450,7 +475,7 @@ impl Upstreams {
         loop {
             let group = {
                 let mut m = self.merge.lock().expect("merge lock poisoned");
-                let Some(first) = m.waiting.pop_front() else {
+                let Some(first) = m.pop() else {
                     m.senders -= 1;
                     return;
                 };
@@ -458,16 +483,15 @@ impl Upstreams {
                 let (mut bytes, mut events) = (first.bytes, first.batch.len());
                 let mut group = vec![first];
                 // In arrival order, while the next one is of the same stream and fits.
-                while let Some(next) = m.waiting.front() {
-                    if next.batch.events[0].stream != stream
-                        || bytes + next.bytes > self.config.max_batch_bytes.0 as usize
-                        || events + next.batch.len() > MAX_MERGED_EVENTS
-                    {
-                        break;
-                    }
+                let max_bytes = self.config.max_batch_bytes.0 as usize;
+                while let Some(next) = m.pop_if(|next| {
+                    next.batch.events[0].stream == stream
+                        && bytes + next.bytes <= max_bytes
+                        && events + next.batch.len() <= MAX_MERGED_EVENTS
+                }) {
                     bytes += next.bytes;
                     events += next.batch.len();
-                    group.push(m.waiting.pop_front().expect("looked at it"));
+                    group.push(next);
                 }
                 group
             };
@@ -510,7 +534,14 @@ impl Queue for Upstreams {
             let (done, answer) = tokio::sync::oneshot::channel();
             let start_sender = {
                 let mut m = self.merge.lock().expect("merge lock poisoned");
-                m.waiting.push_back(Waiter { batch, bytes, done });
+                if let Err(reason) = m.has_room(bytes, &self.config) {
+                    return Err(AppendError::Full {
+                        batch: Box::new(batch),
+                        reason,
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                m.push(Waiter { batch, bytes, done });
                 let start = m.senders < self.config.max_in_flight * self.upstreams.len();
                 if start {
                     m.senders += 1;
@@ -531,10 +562,21 @@ impl Queue for Upstreams {
     }
 
     fn stats(&self) -> QueueStats {
+        let m = self.merge.lock().expect("merge lock poisoned");
         QueueStats {
-            depth_events: 0,
-            depth_bytes: 0,
-            capacity_bytes: u64::MAX,
+            depth_events: m.waiting.iter().map(|w| w.batch.len() as u64).sum(),
+            depth_bytes: m.waiting_bytes as u64,
+            capacity_bytes: self.config.max_queued_bytes.0,
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match self.healthy() {
+            0 => Err(format!(
+                "no healthy upstream (0 of {}; probed every gateway.probe_interval)",
+                self.upstreams.len()
+            )),
+            _ => Ok(()),
         }
     }
 

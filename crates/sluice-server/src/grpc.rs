@@ -275,7 +275,7 @@ fn prepare(
 ) -> Result<Prepared, ApiError> {
     state.check_rate(principal)?;
     let (events, bytes) = to_events(principal, req.stream, req.events)?;
-    state.charge(principal, events.len(), bytes);
+    state.charge(principal, events.len(), bytes)?;
     Ok(Prepared {
         events,
         bytes,

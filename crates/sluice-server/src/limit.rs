@@ -1,10 +1,19 @@
 //! Rate limits: lock-free token buckets (GCRA, one atomic per bucket).
 //!
 //! A bucket holds one second of its rate. A request is admitted while its bucket is
-//! not in debt, and is then charged what it actually carried (its events and bytes
-//! are known only once the body is parsed), so a request larger than the burst still
-//! passes when the bucket is full and the debt is paid back by waiting. A refusal
-//! says how long until the bucket is out of debt: that is the `Retry-After`.
+//! not in debt, and pays what it actually carried (its events and bytes are known
+//! only once the body is parsed), so a request larger than the burst still passes
+//! when the bucket is full and the debt is paid back by waiting. A refusal says how
+//! long until the bucket is out of debt: that is the `Retry-After`.
+//!
+//! Invariants:
+//! - [`Bucket::try_charge`] checks and charges in one compare-and-swap, so requests
+//!   that arrive together cannot all see "not in debt" and then all pay: of several
+//!   concurrent requests larger than the burst, at most one is admitted.
+//! - The debt never exceeds one request's cost plus the burst, so a key is never
+//!   locked out for longer than the `Retry-After` it was told.
+//! - [`Bucket::check`] (before the body) is only a hint that saves reading a body
+//!   that would be refused; `try_charge` is the decision.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -50,15 +59,39 @@ impl Bucket {
         }
     }
 
-    /// Charges `units` (which may put the bucket in debt).
-    pub fn charge(&self, units: u64) {
-        let cost = (units as f64 * self.unit_nanos) as u64;
+    /// Charges `units` if the bucket is not in debt (which may put it in debt), in one
+    /// atomic step; `Err(wait)` (nothing charged) while it is in debt.
+    pub fn try_charge(&self, units: u64) -> Result<(), Duration> {
+        let cost = self.cost(units);
+        let now = now_nanos();
+        let mut wait = Duration::ZERO;
+        self.tat
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                if tat > now + BURST {
+                    wait = Duration::from_nanos(tat - now - BURST);
+                    None
+                } else {
+                    Some(tat.max(now).saturating_add(cost))
+                }
+            })
+            .map(drop)
+            .map_err(|_| wait)
+    }
+
+    /// Gives back `units` charged by a [`Bucket::try_charge`] whose request was then
+    /// refused by another bucket.
+    pub fn refund(&self, units: u64) {
+        let cost = self.cost(units);
         let now = now_nanos();
         let _ = self
             .tat
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-                Some(tat.max(now).saturating_add(cost))
+                Some(tat.saturating_sub(cost).max(now.min(tat)))
             });
+    }
+
+    fn cost(&self, units: u64) -> u64 {
+        (units as f64 * self.unit_nanos) as u64
     }
 }
 
@@ -71,16 +104,51 @@ mod tests {
         let b = Bucket::new(1000.0);
         for _ in 0..10 {
             assert!(b.check().is_ok());
-            b.charge(100); // 10 x 100 = one second's worth: the burst
+            b.try_charge(100).unwrap(); // 10 x 100 = one second's worth: the burst
         }
         assert!(b.check().is_ok(), "exactly at the burst is not debt");
-        b.charge(500);
+        b.try_charge(500).unwrap();
         let wait = b.check().unwrap_err();
+        let refused = b.try_charge(1).unwrap_err();
+        assert!(refused <= wait, "{refused:?} vs {wait:?}");
         assert!(
             wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
             "{wait:?}"
         );
         std::thread::sleep(wait + Duration::from_millis(5));
         assert!(b.check().is_ok());
+    }
+
+    #[test]
+    fn concurrent_requests_larger_than_the_burst_admit_one() {
+        let b = std::sync::Arc::new(Bucket::new(100.0));
+        let admitted: usize = (0..20)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || b.try_charge(1000).is_ok())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum();
+        assert_eq!(admitted, 1);
+        // The debt is that one request's: ten seconds less the one-second burst.
+        let wait = b.check().unwrap_err();
+        assert!(wait > Duration::from_millis(8_900) && wait <= Duration::from_secs(9));
+    }
+
+    #[test]
+    fn a_refund_gives_back_a_charge() {
+        let b = Bucket::new(100.0);
+        b.try_charge(1000).unwrap();
+        assert!(b.check().is_err());
+        b.refund(1000);
+        assert!(b.check().is_ok());
+        b.try_charge(50).unwrap();
+        b.try_charge(50).unwrap();
+        assert!(
+            b.check().is_ok(),
+            "refunding did not leave credit beyond the burst"
+        );
     }
 }

@@ -213,6 +213,7 @@ impl Node {
             name: "ingest",
             header_read_timeout: config.http.header_read_timeout.0,
             idle_timeout: config.http.idle_timeout.0,
+            drain_timeout: config.http.drain_timeout.0,
             max_concurrent_streams: config.http.max_concurrent_streams,
             max_connections: config.http.max_connections,
             tls: tls.clone(),

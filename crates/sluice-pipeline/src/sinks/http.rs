@@ -25,7 +25,7 @@
 //! | answer                                     | result                                      |
 //! |--------------------------------------------|---------------------------------------------|
 //! | 2xx                                        | delivered                                   |
-//! | 408, 429, 5xx                              | `Retryable`, `retry_after` from `Retry-After` |
+//! | 408, 429, 5xx                              | `Retryable`, `retry_after` from `Retry-After` (the processor waits at most `retry_max`) |
 //! | connect or TLS error, timeout              | `Retryable`                                 |
 //! | 401, 403, 404, 405, 407, 1xx, 3xx          | `Retryable`: wrong URL or credentials, no event's fault |
 //! | any other 4xx (400, 413, 422, …)           | bisect, then `Rejected` for the refused events |
@@ -1018,13 +1018,23 @@ mod tests {
 
     /// Runs a processor over `events` until the queue is drained.
     async fn process(events: Vec<Event>, sink: HttpSink, dead_letter: Option<FileSink>) {
+        process_with(events, sink, dead_letter, Duration::from_millis(50)).await;
+    }
+
+    /// [`process`] with `retry_max` (the cap on delays, `Retry-After` included).
+    async fn process_with(
+        events: Vec<Event>,
+        sink: HttpSink,
+        dead_letter: Option<FileSink>,
+        retry_max: Duration,
+    ) {
         let queue = MemoryQueue::new(10_000, u64::MAX);
         queue.append(Batch::new(events)).await.unwrap();
         let opts = ProcessorOptions {
             workers: 1,
             batch_max_wait: Duration::from_millis(1),
             retry_initial: Duration::from_millis(10),
-            retry_max: Duration::from_millis(50),
+            retry_max,
             drain_on_shutdown: true,
             ..ProcessorOptions::default()
         };
@@ -1111,13 +1121,50 @@ mod tests {
         .await;
         let evs = events(20, |_| false);
         let start = Instant::now();
-        process(evs.clone(), sink(&srv.url, |_| {}), None).await;
+        process_with(
+            evs.clone(),
+            sink(&srv.url, |_| {}),
+            None,
+            Duration::from_secs(5),
+        )
+        .await;
         let elapsed = start.elapsed();
         let posts = srv.posts();
         assert_eq!(posts.len(), 2);
         let waited = posts[1].at - posts[0].at;
         assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
         assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+        assert_eq!(
+            srv.taken_ids(),
+            evs.iter().map(|e| e.id.clone()).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_after_past_retry_max_is_capped() {
+        let srv = server(|_, n| match n {
+            0 => Reply {
+                retry_after: Some("3600"),
+                ..Reply::status(429)
+            },
+            _ => Reply::ok(),
+        })
+        .await;
+        let evs = events(5, |_| false);
+        let max = Duration::from_millis(300);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            process_with(evs.clone(), sink(&srv.url, |_| {}), None, max),
+        )
+        .await
+        .expect("Retry-After: 3600 was capped by retry_max");
+        let posts = srv.posts();
+        assert_eq!(posts.len(), 2);
+        let waited = posts[1].at - posts[0].at;
+        assert!(
+            waited >= max && waited < max + Duration::from_secs(2),
+            "retried after {waited:?}"
+        );
         assert_eq!(
             srv.taken_ids(),
             evs.iter().map(|e| e.id.clone()).collect::<Vec<_>>()

@@ -35,7 +35,8 @@ pub struct KeyConfig {
 
 /// `[limits]`: token buckets over all requests of a node. A bucket holds one second
 /// of its rate; a request is admitted while its bucket is not in debt and is charged
-/// what it carried, so a large request is never starved.
+/// what it carried (checked and charged in one atomic step, so concurrent requests
+/// cannot all slip in), so a large request is never starved.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {

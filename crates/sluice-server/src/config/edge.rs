@@ -77,6 +77,13 @@ pub struct GatewayConfig {
     /// larger than this goes out alone. Default `4 MiB`; keep it well under the
     /// ingest nodes' `http.max_body_bytes`.
     pub max_batch_bytes: ByteSize,
+    /// Event bytes of the requests waiting for an upstream call slot (the merge
+    /// queue); past it requests get 429 with `Retry-After`, and the front door sheds
+    /// before reading bodies (the gateway's queue capacity). Default `64 MiB`.
+    pub max_queued_bytes: ByteSize,
+    /// Requests waiting for an upstream call slot; past it requests get 429.
+    /// Default 4,096.
+    pub max_queued_requests: usize,
 }
 
 impl Default for GatewayConfig {
@@ -92,6 +99,8 @@ impl Default for GatewayConfig {
             upstream_api_key: None,
             max_in_flight: 2,
             max_batch_bytes: ByteSize(4 << 20),
+            max_queued_bytes: ByteSize(64 << 20),
+            max_queued_requests: 4096,
         }
     }
 }

@@ -107,7 +107,7 @@ async fn ingest(
     };
     let received_at = sluice_core::now_unix_nanos();
     let bytes: usize = payloads.iter().map(Bytes::len).sum();
-    state.charge(&principal, payloads.len(), bytes);
+    state.charge(&principal, payloads.len(), bytes)?;
     let ids_for = sluice_core::new_event_ids(payloads.len());
     let events: Vec<Event> = payloads
         .into_iter()

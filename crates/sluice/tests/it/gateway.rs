@@ -403,3 +403,95 @@ async fn gateway_authenticates_producers_and_itself_to_upstreams() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(delivered_ns(&out), BTreeSet::from([1]));
 }
+
+/// With no upstream answering, the gateway is not ready (and says why), and its
+/// refusals do not show producers the upstreams' internal addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_without_a_healthy_upstream_is_not_ready_and_hides_upstream_addresses() {
+    let upstream = free_addr();
+    let gw = gateway(&[upstream], &[("gateway.connect_timeout", "200ms")]).await;
+    let http = Http::h1();
+    let ready = format!("{}/readyz", gw.admin);
+    let not_ready = wait_until_async(Duration::from_secs(5), || {
+        let http = http.clone();
+        let ready = ready.clone();
+        async move { http.get(&ready).await.status == StatusCode::SERVICE_UNAVAILABLE }
+    })
+    .await;
+    assert!(not_ready, "/readyz is 200 with no healthy upstream");
+    let r = http.get(&ready).await;
+    let why = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(why.contains("no healthy upstream"), "{why}");
+
+    let r = http.post(&gw.events_url("x"), &[JSON], "{\"n\":1}").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+    let body = String::from_utf8_lossy(&r.body);
+    let port = upstream.port().to_string();
+    assert!(
+        !body.contains(&port) && !body.contains("127.0.0.1"),
+        "the producer sees an upstream address: {body}"
+    );
+}
+
+/// An upstream that accepts connections and never answers: the gateway's merge
+/// queue fills, and past `gateway.max_queued_requests` producers get 429 at once
+/// instead of waiting in an unbounded queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_merge_queue_is_bounded_and_sheds_with_429() {
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = black_hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = black_hole.accept().await {
+            held.push(s); // read nothing, answer nothing
+        }
+    });
+    let gw = gateway(
+        &[upstream],
+        &[
+            ("gateway.max_in_flight", "1"),
+            ("gateway.max_queued_requests", "4"),
+            ("gateway.request_timeout", "8s"),
+        ],
+    )
+    .await;
+    let http = Http::h1();
+    let url = gw.events_url("x");
+    let started = std::time::Instant::now();
+    let posts: Vec<_> = (0..12)
+        .map(|n| {
+            let http = http.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(
+                    Duration::from_secs(3),
+                    http.post(&url, &[JSON], format!("{{\"n\":{n}}}")),
+                )
+                .await
+                .ok()
+            })
+        })
+        .collect();
+    let mut shed = 0;
+    for p in posts {
+        if let Some(a) = p.await.unwrap() {
+            assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", a.body);
+            assert_eq!(a.json()["error"]["code"], "queue_full");
+            assert!(a.headers.contains_key("retry-after"));
+            shed += 1;
+        }
+    }
+    // One call in flight, four waiting: the other seven are refused at once.
+    assert!(
+        shed >= 7,
+        "only {shed} of 12 shed after {:?}",
+        started.elapsed()
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "sluice_queue_capacity_bytes"),
+        (64u64 << 20) as f64,
+        "{m}"
+    );
+}

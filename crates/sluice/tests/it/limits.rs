@@ -211,3 +211,59 @@ async fn shutdown_answers_503_with_retry_after_during_the_drain_delay() {
     );
     assert_eq!(raw_data(&lines[0]), "{\"early\":1}");
 }
+
+/// Rate limits are taken atomically once a request's size is known: concurrent
+/// requests cannot all pass the check and then all pay, and the `Retry-After` of a
+/// refusal is honest (retrying after it is admitted, retrying earlier is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_cannot_drive_a_key_rate_limit_into_debt() {
+    let (node, key) = start_keyed(&[], Some(100)).await;
+    let bearer = format!("Bearer {key}");
+    let headers = [NDJSON, ("authorization", bearer.as_str())];
+    let body: String = (0..1000).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let url = node.events_url("rl");
+    let http = Http::h2();
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| http.post(&url, &headers, body.clone())))
+            .await;
+    let accepted = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(
+        accepted, 1,
+        "a 100 events/s key took {accepted} x 1,000 events at once"
+    );
+    let mut waits = Vec::new();
+    for a in answers.iter().filter(|a| a.status != StatusCode::ACCEPTED) {
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(a.json()["error"]["code"], "rate_limited");
+        waits.push(
+            a.headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    // The debt: 1,000 events at 100/s, less the one-second burst.
+    assert!(waits.iter().all(|w| (9..=10).contains(w)), "{waits:?}");
+
+    // Earlier than that, still refused, and told the rest of the wait.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let early = http.post(&url, &headers, body.clone()).await;
+    assert_eq!(early.status, StatusCode::TOO_MANY_REQUESTS);
+    let rest: u64 = early.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((4..=5).contains(&rest), "Retry-After {rest}");
+    tokio::time::sleep(Duration::from_secs(rest)).await;
+    let again = http.post(&url, &headers, body.clone()).await;
+    assert_eq!(
+        again.status,
+        StatusCode::ACCEPTED,
+        "locked out past its Retry-After"
+    );
+}

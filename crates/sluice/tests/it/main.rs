@@ -14,5 +14,6 @@ mod ingest;
 mod kafka;
 mod limits;
 mod nats;
+mod slow_clients;
 mod support;
 mod tls;

@@ -483,3 +483,26 @@ pub async fn assert_all_delivered(
     );
     got.values().map(|n| n - 1).sum()
 }
+
+/// An in-process node from `flags` with one API key for every stream, limited to
+/// `events_per_s` of its own; returns the node and the key.
+pub async fn start_keyed(flags: &[(&str, &str)], events_per_s: Option<u64>) -> (TestNode, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), flags);
+    let (key, sha256) = sluice_server::auth::generate_key();
+    config.auth.keys.push(sluice_server::config::KeyConfig {
+        name: "test".into(),
+        sha256,
+        streams: vec!["*".into()],
+        events_per_s,
+        bytes_per_s: None,
+    });
+    let node = Node::start(config, NodeOptions::default()).await.unwrap();
+    let node = TestNode {
+        base: format!("http://{}", node.http_addr),
+        admin: format!("http://{}", node.admin_addr),
+        node,
+        dir,
+    };
+    (node, key)
+}

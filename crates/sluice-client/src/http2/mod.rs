@@ -22,6 +22,15 @@
 mod hpack;
 mod huffman;
 
+/// The HPACK and Huffman decoders, for the fuzz targets in `fuzz/` (crate
+/// `sluice-fuzz`); not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::hpack::{encode_indexed, encode_literal, Decoder};
+    pub use super::huffman::decode as huffman_decode;
+}
+
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};

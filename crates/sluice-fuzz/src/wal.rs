@@ -216,11 +216,9 @@ pub fn wal_checkpoint(data: &[u8]) {
     }
     put(&storage, &segment_name(0), &seg);
     let (name, ckpt) = if mode & 1 != 0 && rest.len() >= 8 {
-        // Masked below 2^62: a checkpoint past the end makes the log continue there,
-        // and near u64::MAX its position arithmetic overflows (finding F1 in
-        // bench/RELIABILITY.md, reproducer in fuzz/artifacts/wal_checkpoint/).
-        // TODO(lead): drop the mask once sluice-wal refuses such a checkpoint.
-        let pos = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")) & ((1 << 62) - 1);
+        // Any position: past 2^62 open refuses the checkpoint as corrupt (finding F1
+        // in bench/RELIABILITY.md: near u64::MAX the position arithmetic overflowed).
+        let pos = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
         let mut b = Vec::with_capacity(16);
         b.extend_from_slice(b"SLCK");
         b.extend_from_slice(&pos.to_le_bytes());

@@ -14,11 +14,10 @@ fn put(storage: &MemStorage, name: &str, bytes: &[u8]) {
 
 /// F1: a checkpoint file with a valid CRC whose position is near `u64::MAX` (only a
 /// bug or a hand-edited data directory writes one) makes the log continue there, and
-/// the position arithmetic overflows: a panic with overflow checks, wrapped positions
-/// without. Fixed when open refuses it or the log works there.
+/// the position arithmetic overflowed: a panic with overflow checks, wrapped positions
+/// without. Fixed: a checkpoint past 2^62 is refused as corrupt.
 /// Reproducer: fuzz/artifacts/wal_checkpoint/checkpoint-at-u64-max.
 #[test]
-#[ignore = "open finding F1 (sluice-wal)"]
 fn checkpoint_near_u64_max_is_refused_or_works() {
     let storage = MemStorage::new();
     let mut ckpt = b"SLCK".to_vec();

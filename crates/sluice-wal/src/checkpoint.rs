@@ -48,8 +48,14 @@ pub fn decode(b: &[u8]) -> Option<u64> {
     if crc32c::crc32c(&b[0..12]) != crc {
         return None;
     }
-    Some(u64::from_le_bytes(b[4..12].try_into().ok()?))
+    let pos = u64::from_le_bytes(b[4..12].try_into().ok()?);
+    // No log reaches 4 EiB; a position past it is a damaged or hand-made file, and
+    // continuing there would overflow the position arithmetic (fuzz finding F1).
+    (pos <= MAX_POSITION).then_some(pos)
 }
+
+/// The highest position a checkpoint may hold (2^62 bytes).
+pub const MAX_POSITION: u64 = 1 << 62;
 
 /// Reads a checkpoint file; `Ok(None)` when its content is not a checkpoint.
 pub fn read(storage: &dyn Storage, name: &str) -> io::Result<Option<u64>> {

@@ -94,7 +94,7 @@ impl Sink for FileSink {
         let mut rejected = Vec::new();
         for (index, e) in events.iter().enumerate() {
             if let Err(reason) = stream_dir(&self.inner.root, &e.stream) {
-                tracing::error!(stream = ?&e.stream[..e.stream.len().min(64)], id = %e.id, "file sink refused an event with an invalid stream name");
+                tracing::error!(stream = ?e.stream.chars().take(64).collect::<String>(), id = %e.id, "file sink refused an event with an invalid stream name");
                 rejected.push(Rejection { index, reason });
                 continue;
             }

@@ -12,7 +12,7 @@ use sluice_proto::v1::{Event, IngestRequest};
 use sluice_server::NodeOptions;
 use tonic::Code;
 
-use crate::brokers::NatsServer;
+use crate::brokers::{Broker, NatsServer};
 use crate::kafka::Tansu;
 use crate::support::*;
 

@@ -7,15 +7,22 @@
 #![forbid(unsafe_code)]
 
 mod event;
+mod header;
 mod queue;
 mod sink;
 mod stream;
 mod time;
 
 pub use event::{new_event_id, new_event_ids, Batch, Event, EventIds};
+pub use header::{
+    is_reserved_header, validate_event_id, validate_header, validate_header_name,
+    validate_header_value, validate_headers, validate_key, HeaderError, MAX_EVENT_ID_LEN,
+    MAX_HEADERS, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_KEY_LEN, RESERVED_HEADER_NAMES,
+    RESERVED_HEADER_PREFIXES,
+};
 pub use queue::{AppendError, ConsumeError, Consumer, Delivery, Queue, QueueStats};
 pub use sink::{Rejection, Sink, SinkError};
-pub use stream::{validate_stream_name, StreamNameError, MAX_STREAM_NAME_LEN};
+pub use stream::{validate_stream_name, StreamNameError, MAX_STREAM_NAME_LEN, QUARANTINE_STREAM};
 pub use time::{format_rfc3339_millis, now_unix_nanos};
 
 use std::future::Future;

@@ -61,6 +61,14 @@ pub struct Delivery {
     /// memory queue replay only after a restart). The processor dead-letters events
     /// handed out more than its `max_deliveries`.
     pub attempts: Vec<u32>,
+    /// Messages the backend could not read as sluice events (a foreign or tampered
+    /// broker message: a missing or duplicated sluice header, an invalid stream name,
+    /// id or key), each as a quarantine event (stream [`QUARANTINE_STREAM`]) with the
+    /// reason. The processor hands them to the dead-letter sink, never to the main
+    /// sink, and commits them with the delivery.
+    ///
+    /// [`QUARANTINE_STREAM`]: crate::QUARANTINE_STREAM
+    pub unreadable: Vec<(Event, String)>,
 }
 
 impl Delivery {
@@ -70,6 +78,7 @@ impl Delivery {
             events,
             token,
             attempts: Vec::new(),
+            unreadable: Vec::new(),
         }
     }
 }

@@ -3,6 +3,11 @@
 /// The longest stream name accepted.
 pub const MAX_STREAM_NAME_LEN: usize = 128;
 
+/// The stream under which a dead-letter sink files what has no valid stream of its
+/// own: a broker message sluice cannot read, or an event whose stream name is not
+/// valid (the original name travels in a `sluice-dead-letter-stream` header).
+pub const QUARANTINE_STREAM: &str = "_quarantine";
+
 /// Why a stream name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamNameError {

@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::{ConsumeError, Consumer, Event, Queue, Sink, SinkError};
+use sluice_core::{
+    validate_stream_name, ConsumeError, Consumer, Event, Queue, Sink, SinkError, QUARANTINE_STREAM,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::Backoff;
@@ -185,6 +187,8 @@ async fn worker(
             Ok(Some(d)) => {
                 stats.in_flight.fetch_add(1, Ordering::Relaxed);
                 deliver(id, &d.events, &d.attempts, &sinks, &stats, &opts).await;
+                // Messages the queue could not read go to the dead-letter sink only.
+                to_dead_letter(id, d.unreadable, "queue", &sinks, &stats, &opts).await;
                 stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 if let Err(e) = consumer.commit(d.token).await {
                     tracing::error!(worker = id, error = %e, "commit failed; the delivery will be replayed");
@@ -250,7 +254,7 @@ async fn deliver(
         dead.extend(to_sink(id, todo, sinks, stats, opts).await);
     }
     if !dead.is_empty() {
-        to_dead_letter(id, dead, sinks, stats, opts).await;
+        to_dead_letter(id, dead, sinks.main.name(), sinks, stats, opts).await;
     }
 }
 
@@ -319,23 +323,30 @@ async fn to_sink(
 }
 
 /// Hands refused events to the dead-letter sink, each with `sluice-dead-letter-reason`
-/// and `sluice-dead-letter-sink` headers, retrying until it takes them: a dead letter
-/// is never dropped.
+/// and `sluice-dead-letter-sink` (`from`) headers, retrying until it takes them: a
+/// dead letter is never dropped. One whose stream name is invalid is filed under
+/// [`QUARANTINE_STREAM`], the name (escaped) in `sluice-dead-letter-stream`.
 async fn to_dead_letter(
     id: usize,
     dead: Vec<(Event, String)>,
+    from: &'static str,
     sinks: &Sinks,
     stats: &ProcessorStats,
     opts: &ProcessorOptions,
 ) {
-    let Some(dl) = sinks.dead.as_deref() else {
+    let Some(dl) = sinks.dead.as_deref().filter(|_| !dead.is_empty()) else {
         return;
     };
-    let from = sinks.main.name();
     let events: Vec<Event> = dead
         .into_iter()
         .map(|(mut e, reason)| {
-            tracing::warn!(worker = id, sink = from, id = %e.id, stream = %e.stream, %reason, "event dead-lettered");
+            tracing::warn!(worker = id, sink = from, id = %e.id, stream = ?e.stream, %reason, "event dead-lettered");
+            if validate_stream_name(&e.stream).is_err() {
+                let shown: String = e.stream.escape_debug().take(256).collect();
+                e.headers.push(("sluice-dead-letter-stream".into(), shown));
+                e.stream = QUARANTINE_STREAM.into();
+            }
+            let reason = reason.replace(char::is_control, " ");
             e.headers.push(("sluice-dead-letter-reason".into(), reason));
             e.headers.push(("sluice-dead-letter-sink".into(), from.into()));
             e

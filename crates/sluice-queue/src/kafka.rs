@@ -15,8 +15,12 @@
 //!
 //! The headers are the layout every broker queue and sink shares
 //! ([`sluice_proto::broker`]); an event's own headers never use one of its reserved
-//! names (see [`validate_event`]); all header values are UTF-8. Decoding rebuilds an
-//! identical [`Event`](sluice_core::Event).
+//! names in any case, nor a broker's control names, nor a malformed name or value
+//! (see [`validate_event`]); all header values are UTF-8. Decoding rebuilds an
+//! identical [`Event`](sluice_core::Event), and refuses a record whose sluice headers
+//! are missing or repeated or whose stream name, id or key is invalid: the consumer
+//! hands such a record to the dead-letter sink as a quarantine event
+//! ([`sluice_core::Delivery::unreadable`]), logged as an error, never to the main sink.
 //!
 //! # Producing
 //!
@@ -32,9 +36,15 @@
 //!   [`AppendError::Full`] (the batch handed back, nothing sent).
 //! - An event larger than [`MAX_MESSAGE_BYTES`] fails the append with
 //!   [`AppendError::TooLarge`].
-//! - A batch with an event using a reserved header name is refused, before anything
-//!   is sent, with [`AppendError::Backend`] (no variant fits better): ingest should
-//!   check [`validate_event`] and answer 400 itself.
+//! - A batch with an event that [`validate_event`] refuses is refused, before
+//!   anything is sent, with [`AppendError::Backend`] (no variant fits better): ingest
+//!   checks the same rules first and answers 400 itself.
+//! - Deduplication: the idempotent producer's broker-side dedupe keys on librdkafka's
+//!   producer id and per-partition sequence numbers, which it assigns to each record
+//!   it sends; it only drops librdkafka's own resends of a record and never looks at
+//!   the event id or key. So no producer can suppress another's event; a producer's
+//!   retry of a request is a new record (at-least-once), and consumers dedupe by
+//!   `sluice-id`.
 //! - After a failed append, if the brokers answer, the topic is recreated if it is
 //!   gone and the producer is replaced (at most every 5 s): a broker that lost its
 //!   state (restarted empty) otherwise leaves an idempotent producer failing for

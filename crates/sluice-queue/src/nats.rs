@@ -11,12 +11,28 @@
 //! - **Layout.** One JetStream stream (`stream`, default `SLUICE`) holds every sluice
 //!   stream; an event of stream `clicks` is published on `sluice.events.clicks`
 //!   (`subject_prefix`). Each event is one message: the payload verbatim, the other
-//!   fields in headers ([`sluice_proto::broker`]), and `Nats-Msg-Id` = the event id.
+//!   fields in headers ([`sluice_proto::broker`]), and `Nats-Msg-Id` = an id sluice
+//!   makes for this append (below). No producer header reaches JetStream as control:
+//!   [`message_headers`] refuses `Nats-*`, sluice's own names and malformed headers
+//!   (ingest refused them already), and rewrites nothing.
 //! - **Acks.** `append` publishes every event and resolves once JetStream has acked
 //!   each one (stored on `replicas` servers; on disk per the server's `sync_interval`).
 //!   A batch is not atomic in JetStream: when some publishes fail the producer gets
-//!   503 and retries, and the duplicate window (`Nats-Msg-Id`) drops the events that
-//!   were already stored, so a retried request is stored once.
+//!   503 and retries, and the retry is a new append.
+//! - **Deduplication.** JetStream's duplicate window compares `Nats-Msg-Id` only, so
+//!   that id is never the producer's: each event of each append gets a fresh
+//!   server-made UUIDv7. The window therefore collapses only a re-send of the very
+//!   same publish (the client resending it across a reconnect); it never drops an
+//!   event because another event, from the same producer or another one, carried
+//!   the same event id. A producer's retry of a request (after a 503 or a timeout)
+//!   is a new append and may store events twice: the queue is at-least-once, and
+//!   consumers dedupe by `sluice-id` (the producer's id, or the server's UUIDv7),
+//!   which is unique only as far as producers make their own ids unique.
+//! - **Reading back.** A message that is not a sluice event as [`broker::decode`]
+//!   reads it (a foreign publish on our subjects, a duplicated `sluice-*` header, an
+//!   invalid stream name, id or key) is never delivered as it is: it goes to the
+//!   dead-letter sink as a [`broker::quarantine`] event in
+//!   [`Delivery::unreadable`], logged as an error, and is acked with its delivery.
 //! - **Bounds.** The stream has `max_bytes` and discards *new* messages when full:
 //!   the producer gets 429. Work-queue retention deletes each message once it is
 //!   acked, so the bound is on what is not yet processed.
@@ -101,42 +117,34 @@ pub fn subject_for(prefix: &str, name: &str) -> String {
     s
 }
 
-/// The headers of one event's message, including `Nats-Msg-Id`. NATS header names
-/// are visible ASCII without `:` and values hold no line breaks; an event header that
-/// breaks those rules (possible over gRPC) has the offending characters replaced by
-/// `_` (names) or a blank (values) rather than failing the request.
-pub fn message_headers(event: &Event) -> HeaderMap {
+/// The headers of one event's message, with `Nats-Msg-Id` = `msg_id`. Refuses an
+/// event that [`broker::check_event`] refuses (a reserved or malformed header of its
+/// own, an invalid stream, id or key): nothing is rewritten.
+pub fn message_headers(event: &Event, msg_id: &str) -> Result<HeaderMap, broker::EncodeError> {
+    broker::check_event(event)?;
     let mut h = HeaderMap::new();
     for (k, v) in broker::headers(event) {
-        let name_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-        let name = match name_ok {
-            true => std::borrow::Cow::Borrowed(k),
-            false => std::borrow::Cow::Owned(
-                k.chars()
-                    .map(|c| match c.is_ascii_graphic() && c != ':' {
-                        true => c,
-                        false => '_',
-                    })
-                    .collect::<String>(),
-            ),
-        };
-        let name = if name.is_empty() { "_".into() } else { name };
-        match v.contains(['\r', '\n']) {
-            false => h.append(name.as_ref(), v.as_ref()),
-            true => h.append(name.as_ref(), v.replace(['\r', '\n'], " ")),
-        }
+        h.append(k, v.as_ref());
     }
-    h.insert("Nats-Msg-Id", event.id.as_str());
-    h
+    h.insert("Nats-Msg-Id", msg_id);
+    Ok(h)
+}
+
+/// The message's headers as (name, value) pairs, in order.
+fn header_pairs(m: &async_nats::Message) -> impl Iterator<Item = (&str, &str)> {
+    m.headers.iter().flat_map(|h| {
+        h.iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_ref(), v.as_str())))
+    })
 }
 
 /// Rebuilds an event from a message.
 pub fn decode_message(m: &async_nats::Message) -> Result<Event, broker::DecodeError> {
-    let pairs = m.headers.iter().flat_map(|h| {
-        h.iter()
-            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_ref(), v.as_str())))
-    });
-    broker::decode(pairs, |n| n.starts_with("Nats-"), m.payload.clone())
+    broker::decode(
+        header_pairs(m),
+        |n| n.starts_with("Nats-"),
+        m.payload.clone(),
+    )
 }
 
 /// NATS JetStream behind the [`Queue`] trait. See the module docs.
@@ -192,24 +200,40 @@ impl NatsQueue {
     /// permits one publish at a time while holding earlier ones deadlocks concurrent
     /// requests once the bound is reached: each holds part and waits for the rest.)
     async fn publish_all(&self, batch: &Batch) -> Result<(), AppendError> {
+        // Refuse the whole batch before anything is sent (ingest checked already).
+        let mut msg_ids = sluice_core::new_event_ids(batch.len());
+        let mut messages = Vec::with_capacity(batch.len());
+        for (i, e) in batch.events.iter().enumerate() {
+            let id = msg_ids.next().expect("one id per event");
+            let headers = message_headers(e, &id).map_err(|err| AppendError::Backend {
+                message: format!("event {} cannot be published: {err}", i + 1),
+            })?;
+            messages.push(headers);
+        }
+        let mut messages = messages.into_iter();
         for chunk in batch.events.chunks(PUBLISH_CHUNK) {
             let _permits = self
                 .in_flight
                 .acquire_many(chunk.len() as u32)
                 .await
                 .map_err(|_| AppendError::ShuttingDown)?;
-            self.publish_chunk(chunk).await?;
+            self.publish_chunk(chunk, messages.by_ref().take(chunk.len()))
+                .await?;
         }
         Ok(())
     }
 
-    async fn publish_chunk(&self, events: &[Event]) -> Result<(), AppendError> {
+    async fn publish_chunk(
+        &self,
+        events: &[Event],
+        headers: impl Iterator<Item = HeaderMap>,
+    ) -> Result<(), AppendError> {
         let mut acks = Vec::with_capacity(events.len());
-        for e in events {
+        for (e, headers) in events.iter().zip(headers) {
             let subject = subject_for(&self.opts.subject_prefix, &e.stream);
             let msg = jetstream::message::PublishMessage::build()
                 .payload(e.payload.clone())
-                .headers(message_headers(e));
+                .headers(headers);
             let ack = self
                 .js
                 .send_publish(subject, msg)
@@ -472,9 +496,10 @@ impl Consumer for NatsConsumer {
             }
             let stream = slot.as_mut().expect("set above");
             let (mut events, mut attempts, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+            let mut unreadable = Vec::new();
             // A poll outliving ack_wait would collect redeliveries of its own events.
             let deadline = tokio::time::Instant::now() + max_wait.min(self.opts.ack_wait / 2);
-            while events.len() < max_events {
+            while events.len() + unreadable.len() < max_events {
                 let m = match tokio::time::timeout_at(deadline, stream.next()).await {
                     Err(_) => break,
                     Ok(Some(Ok(m))) => m,
@@ -506,14 +531,20 @@ impl Consumer for NatsConsumer {
                         replies.push(reply);
                     }
                     Err(e) => {
-                        // Not a sluice event (someone else published on our subjects):
-                        // there is nothing to deliver; ack it away, loudly.
-                        tracing::error!(subject = %m.subject, error = %e, "dropping a foreign message from the JetStream stream");
-                        let _ = self.client.publish(reply, "".into()).await;
+                        // Not a sluice event as it stands (a foreign publish on our
+                        // subjects, a tampered header): never delivered as it is, it
+                        // goes to the dead-letter sink and is acked with the delivery.
+                        tracing::error!(subject = %m.subject, error = %e, "unreadable message in the JetStream stream, quarantined to the dead-letter sink");
+                        let q = broker::quarantine(header_pairs(&m), m.payload.clone());
+                        unreadable.push((
+                            q,
+                            format!("unreadable JetStream message on {}: {e}", m.subject),
+                        ));
+                        replies.push(reply);
                     }
                 }
             }
-            if events.is_empty() {
+            if events.is_empty() && unreadable.is_empty() {
                 return Ok(None);
             }
             let token = self.next_token.fetch_add(1, Ordering::Relaxed);
@@ -525,6 +556,7 @@ impl Consumer for NatsConsumer {
                 events,
                 token,
                 attempts,
+                unreadable,
             }))
         })
     }
@@ -573,19 +605,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn odd_event_headers_become_valid_nats_headers() {
+    fn odd_event_headers_are_refused_not_rewritten() {
         let mut e = Event::new("s", &b"{}"[..]);
-        e.headers = vec![
-            ("a:b c".into(), "x\r\ny".into()),
-            (String::new(), "v".into()),
-        ];
-        let h = message_headers(&e);
-        assert_eq!(h.get("a_b_c").map(|v| v.as_str()), Some("x  y"));
-        assert_eq!(h.get("_").map(|v| v.as_str()), Some("v"));
-        assert_eq!(
-            h.get("Nats-Msg-Id").map(|v| v.as_str()),
-            Some(e.id.as_str())
-        );
+        e.headers = vec![("trace".into(), "abc".into())];
+        let h = message_headers(&e, "m-1").unwrap();
+        assert_eq!(h.get("trace").map(|v| v.as_str()), Some("abc"));
+        assert_eq!(h.get("Nats-Msg-Id").map(|v| v.as_str()), Some("m-1"));
+        assert_eq!(h.get("sluice-id").map(|v| v.as_str()), Some(e.id.as_str()));
+        for (name, value) in [
+            ("a:b c", "v"),
+            ("", "v"),
+            ("t", "x\r\ny"),
+            ("Nats-Rollup", "all"),
+            ("NATS-ROLLUP", "all"),
+            ("Nats-Expected-Last-Sequence", "1"),
+            ("Nats-Msg-Id", "x"),
+            ("sluice-stream", "../../x"),
+        ] {
+            e.headers = vec![(name.into(), value.into())];
+            assert!(message_headers(&e, "m").is_err(), "{name:?}: {value:?}");
+        }
     }
 
     #[test]

@@ -358,6 +358,18 @@ fn to_events(
         } else {
             e.id
         };
+        sluice_core::validate_headers(e.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|(name, err)| {
+                let name: String = name.escape_debug().take(128).collect();
+                let msg = match name.is_empty() {
+                    true => err.to_string(),
+                    false => format!("header \"{name}\": {err}"),
+                };
+                ApiError::bad_request("invalid_header", msg).at_event(n)
+            })?;
+        sluice_core::validate_key(&e.key).map_err(|err| {
+            ApiError::bad_request("invalid_key", format!("key: {err}")).at_event(n)
+        })?;
         let mut headers: Vec<(String, String)> = e.headers.into_iter().collect();
         headers.sort_unstable();
         bytes += e.payload.len();

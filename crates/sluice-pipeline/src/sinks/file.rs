@@ -5,8 +5,12 @@
 //! <root>/<stream>/0000000002.ndjson   started once the previous one passed max_file_bytes
 //! ```
 //!
-//! Invariants: a delivery's lines are written and fdatasync'ed before `deliver`
-//! returns; files only ever end in a complete line once synced. A crash can leave a
+//! Invariants: nothing is ever written outside `<root>`: a stream's directory is
+//! built only from a name that passes [`validate_stream_name`] *and* is exactly one
+//! normal path component (no `..`, no `/`, not absolute, not empty or `.`), checked
+//! here again whatever the queue says; an event with any other stream is refused alone
+//! ([`SinkError::Rejected`], to the dead-letter sink). A delivery's lines are written
+//! and fdatasync'ed before `deliver` returns; files only ever end in a complete line once synced. A crash can leave a
 //! partial last line (never synced, hence never committed): reopening the stream
 //! truncates it, and the queue redelivers those events.
 //!
@@ -25,7 +29,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sluice_core::{BoxFuture, Event, Sink, SinkError};
+use std::path::Component;
+
+use sluice_core::{validate_stream_name, BoxFuture, Event, Rejection, Sink, SinkError};
 
 /// Writes envelopes to `<root>/<stream>/NNNNNNNNNN.ndjson`.
 #[derive(Clone)]
@@ -69,9 +75,10 @@ impl FileSink {
         self
     }
 
-    /// The directory holding a stream's files.
+    /// The directory holding a stream's files. Panics on a stream name the sink
+    /// would refuse (for tests and tools reading the output).
     pub fn stream_dir(&self, stream: &str) -> PathBuf {
-        self.inner.root.join(stream)
+        stream_dir(&self.inner.root, stream).expect("a valid stream name")
     }
 }
 
@@ -84,7 +91,13 @@ impl Sink for FileSink {
         // Group by stream, keeping each stream's order (a delivery is usually one stream).
         let mut groups: Vec<(std::sync::Arc<str>, Vec<u8>)> = Vec::new();
         let mut time = sluice_proto::envelope::TimeCache::default();
-        for e in events {
+        let mut rejected = Vec::new();
+        for (index, e) in events.iter().enumerate() {
+            if let Err(reason) = stream_dir(&self.inner.root, &e.stream) {
+                tracing::error!(stream = ?e.stream.chars().take(64).collect::<String>(), id = %e.id, "file sink refused an event with an invalid stream name");
+                rejected.push(Rejection { index, reason });
+                continue;
+            }
             let buf = match groups.iter_mut().find(|(s, _)| *s == e.stream) {
                 Some((_, buf)) => buf,
                 None => {
@@ -100,7 +113,10 @@ impl Sink for FileSink {
                 for (stream, buf) in groups {
                     inner.write(&stream, &buf)?;
                 }
-                Ok(())
+                match rejected.is_empty() {
+                    true => Ok(()),
+                    false => Err(SinkError::Rejected(rejected)),
+                }
             })
             .await
             .map_err(|e| SinkError::retryable(e.to_string()))?
@@ -118,7 +134,8 @@ impl Inner {
             .or_default()
             .clone();
         let mut slot = slot.lock().expect("file sink stream lock poisoned");
-        let dir = self.root.join(stream);
+        let dir =
+            stream_dir(&self.root, stream).map_err(|message| SinkError::Permanent { message })?;
         let retry = |what: &str, e: std::io::Error| {
             SinkError::retryable(format!("file sink: {what} under {}: {e}", dir.display()))
         };
@@ -208,6 +225,20 @@ impl StreamFile {
     }
 }
 
+/// `<root>/<stream>`, or why not: the only way the sink makes a directory path.
+fn stream_dir(root: &Path, stream: &str) -> Result<PathBuf, String> {
+    let refuse = |why: String| {
+        let shown: String = stream.chars().take(64).collect();
+        format!("file sink: stream name {shown:?} is invalid: {why}")
+    };
+    validate_stream_name(stream).map_err(|e| refuse(e.to_string()))?;
+    let mut parts = Path::new(stream).components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(name)), None) if name == stream => Ok(root.join(name)),
+        _ => Err(refuse("not a single path component".into())),
+    }
+}
+
 fn file_name(index: u64) -> String {
     format!("{index:010}.ndjson")
 }
@@ -245,6 +276,58 @@ mod tests {
     use super::*;
     use crate::sinks::read_lines;
     use bytes::Bytes;
+
+    /// Every file and directory under `dir`, recursively.
+    fn tree(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(tree(&p));
+            }
+            out.push(p);
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_stream_name_that_is_a_path_writes_nothing_anywhere() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("a").join("out");
+        std::fs::create_dir_all(&root).unwrap();
+        let sink = FileSink::new(&root, 1 << 20);
+        let absolute = outer.path().join("abs").display().to_string();
+        let bad = [
+            "../../x", "../x", "..", ".", "", &absolute, "a/b", "a/../..", "x\0", "\\x",
+        ];
+        let mut events: Vec<Event> = bad
+            .iter()
+            .map(|s| Event::new(*s, Bytes::from_static(b"{}")))
+            .collect();
+        events.push(Event::new("ok", Bytes::from_static(b"{\"n\":1}")));
+        let Err(SinkError::Rejected(list)) = sink.deliver(&events).await else {
+            panic!("the bad streams are refused");
+        };
+        let indexes: Vec<usize> = list.iter().map(|r| r.index).collect();
+        assert_eq!(indexes, (0..bad.len()).collect::<Vec<_>>());
+        assert!(list[0].reason.contains("invalid"), "{}", list[0].reason);
+        // Only the good event was written, under the root.
+        assert_eq!(read_lines(&sink.stream_dir("ok")).len(), 1);
+        let all = tree(outer.path());
+        let outside: Vec<_> = all.iter().filter(|p| !p.starts_with(&root)).collect();
+        assert_eq!(
+            outside,
+            [&outer.path().join("a")],
+            "nothing but the parent of out/ outside it"
+        );
+        assert_eq!(
+            tree(&root).len(),
+            2,
+            "ok/ and its one file: {:?}",
+            tree(&root)
+        );
+    }
 
     #[tokio::test]
     async fn writes_rotates_and_truncates_partial_line() {

@@ -1,6 +1,13 @@
 //! [`NatsSink`]: publishes each event to JetStream on `<subject_prefix>.<stream>`, as
-//! the NATS queue lays it out (payload verbatim, fields in headers, `Nats-Msg-Id` =
-//! the event id, so JetStream drops redelivered duplicates within its window).
+//! the NATS queue lays it out (payload verbatim, fields in headers).
+//!
+//! Deduplication: `Nats-Msg-Id` = [`sink_msg_id`], `<stream>:<received_at>:<id>`,
+//! so JetStream drops a redelivery of the *same stored event* (same stream, id and
+//! ingest time) within its duplicate window, but never an event of another request
+//! that merely carries the same producer id: one producer cannot suppress another's
+//! events. An event the NATS layout refuses (a reserved or malformed header, an
+//! invalid stream, id or key: see `sluice_proto::broker::check_event`) is rejected
+//! alone, to the dead-letter sink.
 //!
 //! A delivery counts once JetStream has acked every event. An event larger than the
 //! server's `max_payload` (or the stream's message limit) can never be published and
@@ -11,6 +18,15 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use sluice_core::{BoxFuture, Event, Rejection, Sink, SinkError};
 use sluice_queue::nats::{connect_client, message_headers, subject_for};
+
+/// The `Nats-Msg-Id` of `event` at the sink: the same for every redelivery of one
+/// stored event, different for two requests' events that share a producer id.
+pub fn sink_msg_id(event: &Event) -> String {
+    format!(
+        "{}:{}:{}",
+        event.stream, event.received_at_unix_nanos, event.id
+    )
+}
 
 /// Where the NATS sink publishes.
 #[derive(Debug, Clone)]
@@ -68,9 +84,19 @@ impl NatsSink {
         let mut acks = Vec::with_capacity(events.len());
         let mut rejected = Vec::new();
         for (index, e) in events.iter().enumerate() {
+            let headers = match message_headers(e, &sink_msg_id(e)) {
+                Ok(h) => h,
+                Err(err) => {
+                    rejected.push(Rejection {
+                        index,
+                        reason: format!("nats sink: {err}"),
+                    });
+                    continue;
+                }
+            };
             let msg = jetstream::message::PublishMessage::build()
                 .payload(e.payload.clone())
-                .headers(message_headers(e));
+                .headers(headers);
             match self
                 .js
                 .send_publish(subject_for(&self.opts.subject_prefix, &e.stream), msg)

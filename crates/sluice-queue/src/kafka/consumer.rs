@@ -29,7 +29,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_core::{BoxFuture, ConsumeError, Consumer, Delivery, Event};
 
-use super::record::decode_record;
+use super::record::{decode_record, quarantine};
 use crate::tracker::CommitTracker;
 
 /// A member of the consumer group named like the sluice consumer.
@@ -71,8 +71,9 @@ struct GroupState {
 struct Received {
     partition: i32,
     offset: i64,
-    /// `None` for a record that is not a sluice event: skipped, counted as done.
-    event: Option<Event>,
+    /// The event, or for a record that is not a sluice event as it stands, its
+    /// quarantine event and the reason (to the dead-letter sink, never the main one).
+    event: Result<Event, (Event, String)>,
 }
 
 struct PartitionState {
@@ -85,14 +86,15 @@ struct PartitionState {
 }
 
 impl GroupState {
-    /// Hands out up to `max` buffered records as one delivery. Returns the delivery
-    /// (`None` when no event was buffered) and the offsets to commit because records
-    /// that are not events were skipped.
-    fn hand_out(&mut self, max: usize) -> (Option<Delivery>, Vec<(i32, u64)>) {
+    /// Hands out up to `max` buffered records as one delivery (`None` when nothing
+    /// was buffered). Records that are not events go in its `unreadable`: the
+    /// processor dead-letters them and they commit with the delivery.
+    fn hand_out(&mut self, max: usize) -> Option<Delivery> {
         let mut events = Vec::new();
+        let mut unreadable = Vec::new();
         // Per partition: first offset and end, in the order first seen.
         let mut ranges: Vec<(i32, u64, u64)> = Vec::new();
-        while events.len() < max {
+        while events.len() + unreadable.len() < max {
             let Some(r) = self.buffer.pop_front() else {
                 break;
             };
@@ -102,10 +104,13 @@ impl GroupState {
                 Some((_, _, end)) => *end = offset + 1,
                 None => ranges.push((r.partition, offset, offset + 1)),
             }
-            events.extend(r.event);
+            match r.event {
+                Ok(e) => events.push(e),
+                Err(q) => unreadable.push(q),
+            }
         }
         if ranges.is_empty() {
-            return (None, Vec::new());
+            return None;
         }
         let token = self.next_token;
         self.next_token += 1;
@@ -124,11 +129,9 @@ impl GroupState {
             entries.push((partition, p.epoch, end));
         }
         self.deliveries.insert(token, entries);
-        if events.is_empty() {
-            // Only skipped records: done at once.
-            return (None, self.done(token));
-        }
-        (Some(Delivery::new(events, token)), Vec::new())
+        let mut delivery = Delivery::new(events, token);
+        delivery.unreadable = unreadable;
+        Some(delivery)
     }
 
     /// Marks delivery `token` done; returns the partitions whose done prefix moved,
@@ -294,16 +297,22 @@ impl KafkaConsumer {
 
     fn buffer(&self, message: &BorrowedMessage<'_>) -> usize {
         let event = match decode_record(message) {
-            Ok(e) => Some(e),
+            Ok(e) => Ok(e),
             Err(e) => {
-                tracing::warn!(
+                tracing::error!(
                     topic = %self.topic,
                     partition = message.partition(),
                     offset = message.offset(),
                     error = %e,
-                    "skipping a kafka record that is not a sluice event"
+                    "unreadable kafka record, quarantined to the dead-letter sink"
                 );
-                None
+                let reason = format!(
+                    "unreadable kafka record {}/{}@{}: {e}",
+                    self.topic,
+                    message.partition(),
+                    message.offset()
+                );
+                Err((quarantine(message), reason))
             }
         };
         lock(&self.state).receive(Received {
@@ -352,14 +361,12 @@ impl Consumer for KafkaConsumer {
                     }
                 }
             }
-            let (delivery, skipped) = lock(&self.state).hand_out(max);
-            self.commit_async(&skipped)?;
+            let delivery = lock(&self.state).hand_out(max);
             match (delivery, failure) {
                 (Some(d), _) => Ok(Some(d)),
                 (None, Some(e)) => Err(ConsumeError::Backend {
                     message: format!("kafka consumer: {e}"),
                 }),
-                // Nothing arrived, or only records that are not events.
                 (None, None) => Ok(None),
             }
         })
@@ -443,7 +450,7 @@ mod tests {
             state.receive(Received {
                 partition,
                 offset,
-                event: Some(event),
+                event: Ok(event),
             });
         }
     }
@@ -453,12 +460,12 @@ mod tests {
         let mut s = GroupState::default();
         receive(&mut s, 0, 0..3);
         receive(&mut s, 1, 10..12);
-        let a = s.hand_out(4).0.unwrap(); // p0: 0..3, p1: 10
-        let b = s.hand_out(4).0.unwrap(); // p1: 11
+        let a = s.hand_out(4).unwrap(); // p0: 0..3, p1: 10
+        let b = s.hand_out(4).unwrap(); // p1: 11
         assert_eq!(a.events.len(), 4);
         assert_eq!(b.events.len(), 1);
         receive(&mut s, 0, 3..5);
-        let c = s.hand_out(10).0.unwrap(); // p0: 3..5
+        let c = s.hand_out(10).unwrap(); // p0: 3..5
         assert_eq!(s.done(c.token), vec![], "p0 waits for a");
         assert_eq!(s.done(b.token), vec![], "p1 waits for a");
         let mut moved = s.done(a.token);
@@ -471,15 +478,15 @@ mod tests {
     fn deliveries_of_revoked_partitions_are_forgotten() {
         let mut s = GroupState::default();
         receive(&mut s, 0, 0..2);
-        let a = s.hand_out(1).0.unwrap();
-        let b = s.hand_out(1).0.unwrap();
+        let a = s.hand_out(1).unwrap();
+        let b = s.hand_out(1).unwrap();
         assert_eq!(s.done(a.token), vec![(0, 1)]);
         receive(&mut s, 0, 2..3);
         assert_eq!(s.revoke(&[0]), vec![(0, 1)], "the done prefix, once");
         assert!(s.buffer.is_empty(), "buffered records of p0 dropped");
         // Reassigned: the new owner starts over at the committed offset.
         receive(&mut s, 0, 1..2);
-        let again = s.hand_out(1).0.unwrap();
+        let again = s.hand_out(1).unwrap();
         assert_eq!(s.done(b.token), vec![], "b belongs to the old assignment");
         assert_eq!(s.done(again.token), vec![(0, 2)]);
     }
@@ -489,21 +496,27 @@ mod tests {
         let mut s = GroupState::default();
         receive(&mut s, 0, 5..8);
         receive(&mut s, 0, 6..9);
-        let d = s.hand_out(10).0.unwrap();
+        let d = s.hand_out(10).unwrap();
         let got: Vec<_> = d.events.iter().map(|e| e.payload.clone()).collect();
         assert_eq!(got, ["0/5", "0/6", "0/7", "0/8"]);
     }
 
     #[test]
-    fn records_that_are_not_events_are_skipped_and_count_as_done() {
+    fn records_that_are_not_events_go_out_as_unreadable_and_commit_with_it() {
         let mut s = GroupState::default();
         s.buffer.push_back(Received {
             partition: 3,
             offset: 7,
-            event: None,
+            event: Err((Event::new("_quarantine", "{}"), "no sluice-id".into())),
         });
-        let (d, skipped) = s.hand_out(10);
-        assert!(d.is_none());
-        assert_eq!(skipped, vec![(3, 8)]);
+        let d = s.hand_out(10).expect("the unreadable record is handed out");
+        assert!(d.events.is_empty());
+        assert_eq!(d.unreadable.len(), 1);
+        assert_eq!(d.unreadable[0].1, "no sluice-id");
+        assert_eq!(
+            s.done(d.token),
+            vec![(3, 8)],
+            "committed once dead-lettered"
+        );
     }
 }

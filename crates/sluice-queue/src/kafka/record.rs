@@ -7,24 +7,13 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use sluice_core::Event;
 use sluice_proto::broker;
-pub use sluice_proto::broker::{DecodeError, ID as HEADER_ID, KEY as HEADER_KEY};
+pub use sluice_proto::broker::{DecodeError, EncodeError, ID as HEADER_ID, KEY as HEADER_KEY};
 
-/// Why an event cannot be written as a record. Permanent: retrying cannot help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EncodeError {
-    /// One of the event's own headers uses a name sluice reserves.
-    #[error("event header {name:?} uses a name reserved for sluice's own record headers")]
-    ReservedHeader { name: String },
-}
-
-/// Checks that `event` can be encoded (no header of its own uses a reserved name).
+/// Checks that `event` can be encoded ([`broker::check_event`]: no header of its own
+/// uses a reserved name in any case, none is malformed, and the stream name, id and
+/// key are valid).
 pub fn validate_event(event: &Event) -> Result<(), EncodeError> {
-    match broker::reserved_header(event) {
-        Some(name) => Err(EncodeError::ReservedHeader {
-            name: name.to_string(),
-        }),
-        None => Ok(()),
-    }
+    broker::check_event(event)
 }
 
 /// The Kafka record key of `event`: its key if it has one, else its id. The default
@@ -56,7 +45,8 @@ pub fn encode_record<'a>(
 }
 
 /// Rebuilds the event that [`encode_record`] wrote. The payload is copied; the Kafka
-/// key and timestamp are not read (the headers carry the exact values).
+/// key and timestamp are not read (the headers carry the exact values). A record
+/// that does not decode is [`quarantine`]d by the consumer.
 pub fn decode_record<M: Message>(message: &M) -> Result<Event, DecodeError> {
     let mut pairs = Vec::new();
     if let Some(h) = message.headers() {
@@ -67,7 +57,8 @@ pub fn decode_record<M: Message>(message: &M) -> Result<Event, DecodeError> {
             let value = std::str::from_utf8(value.unwrap_or_default()).map_err(|_| {
                 DecodeError::Invalid {
                     name: "(a header)",
-                    value: format!("{key}: not UTF-8"),
+                    value: key.chars().take(64).collect(),
+                    reason: "its value is not UTF-8".into(),
                 }
             })?;
             pairs.push((key, value));
@@ -76,6 +67,27 @@ pub fn decode_record<M: Message>(message: &M) -> Result<Event, DecodeError> {
     broker::decode(
         pairs,
         |_| false,
+        Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+    )
+}
+
+/// The dead-letter form of a record [`decode_record`] refused
+/// ([`broker::quarantine`]); header values that are not UTF-8 are read lossily.
+pub fn quarantine<M: Message>(message: &M) -> Event {
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    if let Some(h) = message.headers() {
+        for i in 0..h.count() {
+            let Some(Header { key, value }) = h.try_get(i) else {
+                break;
+            };
+            pairs.push((
+                key,
+                String::from_utf8_lossy(value.unwrap_or_default()).into_owned(),
+            ));
+        }
+    }
+    broker::quarantine(
+        pairs.iter().map(|(k, v)| (*k, v.as_str())),
         Bytes::copy_from_slice(message.payload().unwrap_or_default()),
     )
 }
@@ -167,6 +179,33 @@ mod tests {
                 name: "sluice-key".into()
             })
         );
+    }
+
+    #[test]
+    fn control_headers_and_bad_streams_are_refused_both_ways() {
+        let mut e = Event::new("s", Bytes::new());
+        for name in [
+            "SLUICE-STREAM",
+            "Nats-Rollup",
+            "nats-expected-last-sequence",
+        ] {
+            e.headers = vec![(name.into(), "x".into())];
+            assert!(encode_record("t", &e).is_err(), "{name}");
+        }
+        e.headers.clear();
+        let mut m = as_read(encode_record("t", &e).unwrap());
+        let extra = m.detach_headers().unwrap().insert(Header {
+            key: "sluice-stream",
+            value: Some("../../x"),
+        });
+        let m = m.replace_headers(Some(extra));
+        assert_eq!(
+            decode_record(&m),
+            Err(DecodeError::Duplicate(broker::STREAM))
+        );
+        let q = quarantine(&m);
+        assert_eq!(&*q.stream, sluice_core::QUARANTINE_STREAM);
+        assert!(q.headers[0].1.contains("../../x"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod gateway;
 mod grpc;
 mod http_sink;
 mod ingest;
+mod isolation;
 mod kafka;
 mod limits;
 mod nats;

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod gateway;
 mod grpc;
+mod hostile;
 mod http_sink;
 mod ingest;
 mod kafka;

@@ -74,7 +74,10 @@ pub fn split_json_limited(body: &Bytes, max: usize) -> Result<Vec<Bytes>, BodyEr
                 BodyError::new("invalid_json", format!("invalid JSON: {e}"), None)
             })?;
             let out = split_array(text, max)?;
-            Ok(out.into_iter().map(|s| body.slice_ref(s.as_bytes())).collect())
+            Ok(out
+                .into_iter()
+                .map(|s| body.slice_ref(s.as_bytes()))
+                .collect())
         }
         Some(_) => Err(BodyError::new(
             "not_an_object",

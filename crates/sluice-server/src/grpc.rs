@@ -382,7 +382,9 @@ impl Call {
                 }
             }
             if stopping {
-                let _ = tx.send(Err(reject(&state, ApiError::shutting_down()))).await;
+                let _ = tx
+                    .send(Err(reject(&state, ApiError::shutting_down())))
+                    .await;
             }
         });
         reply::streaming(rx)

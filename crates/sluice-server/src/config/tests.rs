@@ -125,6 +125,9 @@ fn the_byte_budget_must_hold_the_largest_request() {
     let e = load("[http]\nmax_inflight_bytes = \"16 MiB\"\n", &[], &[])
         .unwrap_err()
         .to_string();
-    assert!(e.starts_with("http.max_inflight_bytes must hold the largest request"), "{e}");
+    assert!(
+        e.starts_with("http.max_inflight_bytes must hold the largest request"),
+        "{e}"
+    );
     load("[http]\nmax_inflight_bytes = \"64 MiB\"\n", &[], &[]).unwrap();
 }

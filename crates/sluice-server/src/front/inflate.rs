@@ -157,15 +157,25 @@ mod tests {
         let budget = Budget::new(1 << 30);
         let mut c = budget.charge();
         let e = inflate(Encoding::Zstd, &frame, 1 << 20, "body", &mut c).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_encoding"), "{e:?}");
+        assert_eq!(
+            (e.status.as_u16(), e.code),
+            (400, "invalid_encoding"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn a_spent_budget_refuses_with_overloaded() {
         let budget = Budget::new(100_000);
         let mut c = budget.charge();
-        let e = inflate(Encoding::Gzip, &gzip(&[b'a'; 300_000]), 1 << 20, "body", &mut c)
-            .unwrap_err();
+        let e = inflate(
+            Encoding::Gzip,
+            &gzip(&[b'a'; 300_000]),
+            1 << 20,
+            "body",
+            &mut c,
+        )
+        .unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (429, "overloaded"));
     }
 }

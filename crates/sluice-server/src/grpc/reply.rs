@@ -39,7 +39,9 @@ pub fn unary<M: Message>(message: &M) -> GrpcResponse {
 }
 
 /// The messages `rx` yields until it ends (`OK`) or yields an error (that status).
-pub fn streaming<M: Message + Send + 'static>(rx: mpsc::Receiver<Result<M, Status>>) -> GrpcResponse {
+pub fn streaming<M: Message + Send + 'static>(
+    rx: mpsc::Receiver<Result<M, Status>>,
+) -> GrpcResponse {
     let frames = stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
         let frame = match rx.recv().await {
@@ -74,7 +76,8 @@ fn frame<M: Message>(m: &M) -> Bytes {
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
     buf.put_u32(len as u32);
-    m.encode(&mut buf).expect("the buffer has room for the message");
+    m.encode(&mut buf)
+        .expect("the buffer has room for the message");
     buf.freeze()
 }
 

@@ -43,7 +43,10 @@ const I64: u8 = 1;
 const LEN: u8 = 2;
 const I32: u8 = 5;
 
-/// One field of a message: number, wire type, and its bytes when length-delimited.
+/// One field: number, wire type, and its bytes when length-delimited.
+type Field<'a> = (u64, u8, &'a [u8]);
+
+/// The fields of a message, in order.
 struct Fields<'a> {
     b: &'a [u8],
     i: usize,
@@ -83,7 +86,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field: (number, wire type, bytes of a LEN field).
-    fn next(&mut self) -> Result<Option<(u64, u8, &'a [u8])>, ScanError> {
+    fn next(&mut self) -> Result<Option<Field<'a>>, ScanError> {
         if self.i >= self.b.len() {
             return Ok(None);
         }
@@ -217,8 +220,17 @@ mod tests {
             return_ids: true,
         };
         let c = scan(&encode(&r), 10).unwrap();
-        assert_eq!(c, Counts { events: 3, headers: 2 });
-        assert_eq!(scan(&encode(&r), 2), Err(ScanError::TooManyEvents { max: 2 }));
+        assert_eq!(
+            c,
+            Counts {
+                events: 3,
+                headers: 2
+            }
+        );
+        assert_eq!(
+            scan(&encode(&r), 2),
+            Err(ScanError::TooManyEvents { max: 2 })
+        );
         assert_eq!(
             scan(&encode(&r), 3).map(|c| c.events),
             Ok(3),
@@ -229,7 +241,10 @@ mod tests {
     #[test]
     fn repeated_empty_events_stop_at_the_limit() {
         let bomb: Vec<u8> = [0x12, 0x00].repeat(1_000_000);
-        assert_eq!(scan(&bomb, 100_000), Err(ScanError::TooManyEvents { max: 100_000 }));
+        assert_eq!(
+            scan(&bomb, 100_000),
+            Err(ScanError::TooManyEvents { max: 100_000 })
+        );
         // Empty header entries of one event: 2 bytes each.
         let mut event = Vec::new();
         for _ in 0..1000 {

@@ -74,7 +74,10 @@ async fn gzip_ndjson_bomb_is_401_without_a_key_and_413_too_many_events_with_one_
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{:?}", a.body);
     assert_eq!(a.json()["error"]["code"], "too_many_events");
     let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("http.max_events_per_request (100000)"), "{msg}");
+    assert!(
+        msg.contains("http.max_events_per_request (100000)"),
+        "{msg}"
+    );
     assert!(took < Duration::from_secs(3), "refused after {took:?}");
 
     // The node still serves, and counted the refusal by its reason.
@@ -92,10 +95,16 @@ async fn json_array_of_a_million_empty_objects_is_413_too_many_events() {
     body.push_str(&",{}".repeat(1_000_000));
     body.push(']');
     let started = Instant::now();
-    let a = Http::h1().post(&node.events_url("arr"), &[JSON], body).await;
+    let a = Http::h1()
+        .post(&node.events_url("arr"), &[JSON], body)
+        .await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{:?}", a.body);
     assert_eq!(a.json()["error"]["code"], "too_many_events");
-    assert_eq!(a.json()["error"]["line"], 100_001, "the first element too many");
+    assert_eq!(
+        a.json()["error"]["line"],
+        100_001,
+        "the first element too many"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
@@ -108,7 +117,9 @@ async fn a_body_of_small_events_just_under_max_body_bytes_is_accepted() {
         .map(|i| format!("{{\"n\":{i:>10},\"pad\":\"{}\"}}\n", "p".repeat(74)))
         .collect();
     assert_eq!(body.len(), n * 100);
-    let a = Http::h1().post(&node.events_url("small"), &[NDJSON], body).await;
+    let a = Http::h1()
+        .post(&node.events_url("small"), &[NDJSON], body)
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
     assert_eq!(a.json()["accepted"], n);
 }
@@ -152,7 +163,10 @@ async fn zstd_bombs_and_huge_windows_are_refused() {
 
     // A level-19 frame (8 MiB window) is fine.
     let ok = zstd_with_window(b"{\"n\":2}\n", 23);
-    assert_eq!(http.post(&url, &[NDJSON, zstd], ok).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        http.post(&url, &[NDJSON, zstd], ok).await.status,
+        StatusCode::ACCEPTED
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +201,10 @@ async fn deep_json_nesting_is_400_not_a_stack_overflow() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("nesting deeper than 128"), "{err:?}");
-    assert_eq!(http.post(&url, &[JSON], "{\"ok\":[[1]]}").await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        http.post(&url, &[JSON], "{\"ok\":[[1]]}").await.status,
+        StatusCode::ACCEPTED
+    );
 }
 
 /// `IngestRequest { stream: "s", events: [ event bytes ... ] }` by hand.
@@ -208,8 +225,14 @@ async fn invalid_utf8_in_grpc_fields_is_invalid_argument_naming_the_event() {
     let good: Vec<u8> = [&[0x32, 0x02][..], b"{}"].concat(); // payload "{}"
     let with = |field: &[u8]| [field, &good[..]].concat();
     let cases: [(Vec<u8>, &str); 4] = [
-        (with(&[0x0a, 0x02, b'a', 0xff]), "event 2: id is not valid UTF-8"),
-        (with(&[0x12, 0x01, 0xc3]), "event 2: stream is not valid UTF-8"),
+        (
+            with(&[0x0a, 0x02, b'a', 0xff]),
+            "event 2: id is not valid UTF-8",
+        ),
+        (
+            with(&[0x12, 0x01, 0xc3]),
+            "event 2: stream is not valid UTF-8",
+        ),
         (with(&[0x1a, 0x01, 0xfe]), "event 2: key is not valid UTF-8"),
         (
             with(&[0x2a, 0x05, 0x0a, 0x01, 0xff, 0x12, 0x00]),
@@ -226,11 +249,20 @@ async fn invalid_utf8_in_grpc_fields_is_invalid_argument_naming_the_event() {
     }
     assert_eq!(rejected(&node.metrics().await, "invalid_utf8"), 4.0);
     // Nothing of those requests was written; a good one is.
-    let r = raw_grpc(addr, "Ingest", &[], grpc_frame(false, &request_bytes(&[good])))
-        .await
-        .unwrap();
+    let r = raw_grpc(
+        addr,
+        "Ingest",
+        &[],
+        grpc_frame(false, &request_bytes(&[good])),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status.code(), Code::Ok, "{:?}", r.status);
-    assert_eq!(&r.body[..5], &[0, 0, 0, 0, 2], "IngestResponse {{ accepted: 1 }}");
+    assert_eq!(
+        &r.body[..5],
+        &[0, 0, 0, 0, 2],
+        "IngestResponse {{ accepted: 1 }}"
+    );
 }
 
 /// `IngestRequest { stream: "bomb", events: [Event {}; 5,000,000] }`: 10 MB, gzipped
@@ -290,7 +322,9 @@ async fn grpc_empty_event_bombs_are_refused_before_decoding_and_rss_stays_bounde
                 assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
                 assert!(
                     status.message().starts_with("too_many_events")
-                        && status.message().contains("http.max_events_per_request (100000)"),
+                        && status
+                            .message()
+                            .contains("http.max_events_per_request (100000)"),
                     "{status:?}"
                 );
             } else {
@@ -335,7 +369,10 @@ async fn the_byte_budget_refuses_slow_large_bodies_with_429_once_spent() {
                 let text = String::from_utf8_lossy(&buf[..n]).to_string();
                 assert!(text.starts_with("HTTP/1.1 429"), "{text}");
                 assert!(text.contains("\"overloaded\""), "{text}");
-                assert!(text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
+                assert!(
+                    text.to_ascii_lowercase().contains("retry-after: 1"),
+                    "{text}"
+                );
                 refused += 1;
             }
             Ok(other) => panic!("connection ended: {other:?}"),
@@ -416,7 +453,10 @@ async fn idle_streams_end_with_unavailable_at_shutdown_and_acked_events_are_deli
         .unwrap()
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(status.metadata().get("sluice-accepted-events").unwrap(), "1");
+    assert_eq!(
+        status.metadata().get("sluice-accepted-events").unwrap(),
+        "1"
+    );
     let exit = tokio::time::timeout(Duration::from_secs(8), served.child.wait())
         .await
         .expect("sluice exits long before the 30 s grace period")
@@ -427,7 +467,11 @@ async fn idle_streams_end_with_unavailable_at_shutdown_and_acked_events_are_deli
     let lines = sink_lines(&dir.join("out").join("idle"));
     let mut ns: Vec<u64> = lines
         .iter()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["data"]["n"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["data"]["n"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     ns.sort();
     assert_eq!(ns, vec![1, 2], "both acked events delivered");

@@ -561,7 +561,9 @@ pub fn key_config(dir: &Path, extra: &str) -> (String, PathBuf) {
     let file = dir.join("sluice.toml");
     std::fs::write(
         &file,
-        format!("{extra}\n[[auth.keys]]\nname = \"test\"\nsha256 = \"{hash}\"\nstreams = [\"*\"]\n"),
+        format!(
+            "{extra}\n[[auth.keys]]\nname = \"test\"\nsha256 = \"{hash}\"\nstreams = [\"*\"]\n"
+        ),
     )
     .unwrap();
     (key, file)

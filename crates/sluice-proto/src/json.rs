@@ -47,6 +47,19 @@ pub fn validate_str(doc: &str) -> Result<(), SyntaxError> {
     Ok(())
 }
 
+/// Checks the one JSON value that starts at byte `start` of `doc` (after optional
+/// whitespace) and returns the offset just past it; what follows is not looked at.
+/// Splitting an array of objects uses it element by element, so no element list is
+/// built and nesting stays bounded by [`MAX_DEPTH`] without recursion.
+pub fn value_end(doc: &str, start: usize) -> Result<usize, SyntaxError> {
+    let mut p = Parser {
+        b: doc.as_bytes(),
+        i: start,
+    };
+    p.value()?;
+    Ok(p.i)
+}
+
 struct Parser<'a> {
     b: &'a [u8],
     i: usize,

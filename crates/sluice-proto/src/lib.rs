@@ -18,6 +18,10 @@ pub mod record;
 mod scan;
 pub mod wire;
 
+/// The protobuf runtime the generated messages use, for crates that encode and
+/// decode them by hand.
+pub use prost;
+
 /// Generated from `proto/sluice/v1/ingest.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {

@@ -181,6 +181,26 @@ pub struct HttpConfig {
     /// if its requests have not finished (or the peer has not acknowledged the
     /// GOAWAY) within this long, freeing its `max_connections` slot. Default `10s`.
     pub drain_timeout: HumanDuration,
+    /// Most events in one request (HTTP body or gRPC request message), and most
+    /// gRPC header entries in one message; more get 413 `too_many_events` (gRPC
+    /// INVALID_ARGUMENT), counted while the body is split or the message scanned,
+    /// before anything is allocated per event. It bounds what a body of tiny events
+    /// costs: an event takes ~384 bytes in memory and up to 209 bytes of framing in
+    /// its WAL record beyond its bytes in the body, so the default keeps a full
+    /// 10 MiB body of `{}` lines (3.5 million events unbounded, ~1.3 GiB decoded) to
+    /// ~50 MiB in memory and its record to ~31 MiB; a 10 MiB body still holds
+    /// events averaging 105 bytes. `http.max_body_bytes +
+    /// http.max_events_per_request * 209` must fit in a WAL record
+    /// (`queue.segment_bytes / 2`). Default 100,000.
+    pub max_events_per_request: usize,
+    /// Bytes of requests being read, decompressed and decoded on this node at once
+    /// (HTTP bodies and gRPC messages, including those a stream has in flight),
+    /// counting ~384 bytes per decoded event; a request that would go past it gets
+    /// 429 `overloaded` (gRPC RESOURCE_EXHAUSTED) with `Retry-After`, so
+    /// `max_concurrent_requests` large bodies cannot exhaust memory. Must hold at
+    /// least one request of the largest size (`2 * max_body_bytes +
+    /// max_events_per_request * 384`). Default `512 MiB`.
+    pub max_inflight_bytes: ByteSize,
 }
 
 /// `[grpc]`. Message sizes follow `http.max_body_bytes`.
@@ -329,6 +349,8 @@ impl Default for HttpConfig {
             max_connections: 20_000,
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             drain_timeout: HumanDuration(Duration::from_secs(10)),
+            max_events_per_request: 100_000,
+            max_inflight_bytes: ByteSize(512 << 20),
         }
     }
 }
@@ -452,16 +474,7 @@ impl Config {
                 ),
             });
         }
-        if self.http.max_body_bytes.0 > self.queue.segment_bytes.0 / 2 {
-            return Err(ConfigError::Invalid {
-                key: "http.max_body_bytes",
-                value: self.http.max_body_bytes.to_string(),
-                message: format!(
-                    "must be at most half of queue.segment_bytes ({}) so a request fits in one WAL record",
-                    self.queue.segment_bytes
-                ),
-            });
-        }
+        self.validate_request_bounds()?;
         let nonzero = |key: &'static str, v: usize| {
             if v == 0 {
                 Err(ConfigError::Invalid {
@@ -554,6 +567,54 @@ impl Config {
             "http.max_concurrent_streams",
             self.http.max_concurrent_streams as usize,
         )?;
+        Ok(())
+    }
+
+    /// A request's largest WAL record must fit in one (`queue.segment_bytes / 2`, see
+    /// `build.rs`), and the byte budget must hold the largest request.
+    fn validate_request_bounds(&self) -> Result<(), ConfigError> {
+        use crate::front::budget::EVENT_MEMORY_BYTES;
+        use crate::front::{record_bound, RECORD_BYTES_PER_EVENT, RECORD_BYTES_PER_HEADER};
+        let h = &self.http;
+        if h.max_events_per_request == 0 {
+            return Err(ConfigError::Invalid {
+                key: "http.max_events_per_request",
+                value: "0".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        let events = h.max_events_per_request as u64;
+        let max_record = self.queue.segment_bytes.0 / 2;
+        let record = record_bound(h.max_body_bytes.0, events);
+        if record > max_record {
+            return Err(ConfigError::Invalid {
+                key: "http.max_events_per_request",
+                value: h.max_events_per_request.to_string(),
+                message: format!(
+                    "is too large for the WAL record size: http.max_body_bytes ({}) + \
+                     http.max_events_per_request ({events}) x {} bytes of record framing \
+                     per event = {} must be at most queue.segment_bytes / 2 ({}); lower \
+                     either limit or raise queue.segment_bytes",
+                    h.max_body_bytes,
+                    RECORD_BYTES_PER_EVENT + RECORD_BYTES_PER_HEADER,
+                    ByteSize(record),
+                    ByteSize(max_record),
+                ),
+            });
+        }
+        let largest = 2 * h.max_body_bytes.0 + events * EVENT_MEMORY_BYTES;
+        if h.max_inflight_bytes.0 < largest {
+            return Err(ConfigError::Invalid {
+                key: "http.max_inflight_bytes",
+                value: h.max_inflight_bytes.to_string(),
+                message: format!(
+                    "must hold the largest request: 2 x http.max_body_bytes ({}) + \
+                     http.max_events_per_request ({events}) x {EVENT_MEMORY_BYTES} bytes = {}",
+                    h.max_body_bytes,
+                    ByteSize(largest)
+                ),
+            });
+        }
         Ok(())
     }
 

@@ -79,6 +79,16 @@ impl ApiError {
         )
     }
 
+    /// A gRPC request message over `http.max_body_bytes` (compressed or not):
+    /// RESOURCE_EXHAUSTED, as gRPC does for oversized messages.
+    pub fn message_too_large(what: &str, limit: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("{what} is over the size limit http.max_body_bytes ({limit} bytes)"),
+        )
+    }
+
     pub fn shutting_down() -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -133,6 +143,9 @@ impl ApiError {
     pub fn into_status(self) -> tonic::Status {
         use tonic::Code;
         let code = match self.status.as_u16() {
+            // gRPC's convention for a message over the size limit (no RetryInfo:
+            // retrying the same message cannot succeed).
+            413 if self.code == "message_too_large" => Code::ResourceExhausted,
             400 | 413 | 415 => Code::InvalidArgument,
             401 => Code::Unauthenticated,
             403 => Code::PermissionDenied,
@@ -171,7 +184,11 @@ pub fn retry_after_ms(status: &tonic::Status) -> u64 {
 
 impl From<BodyError> for ApiError {
     fn from(e: BodyError) -> ApiError {
-        let mut a = ApiError::new(StatusCode::BAD_REQUEST, e.code, e.message);
+        let status = match e.code {
+            "too_many_events" => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let mut a = ApiError::new(status, e.code, e.message);
         a.line = e.line;
         a
     }

@@ -1,6 +1,11 @@
 //! What the HTTP and gRPC front doors share: admission (shutdown, the concurrency
-//! limit) and the one way a request's events reach the queue, with its metrics.
-//! Both protocols map the same typed errors ([`ApiError`]) to their own answers.
+//! limit), the node-wide byte budget of requests being decoded ([`budget`]), bounded
+//! decompression ([`inflate`]) and the one way a request's events reach the queue,
+//! with its metrics. Both protocols map the same typed errors ([`ApiError`]) to
+//! their own answers.
+
+pub mod budget;
+pub mod inflate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +20,24 @@ use crate::config::{Config, HttpConfig};
 use crate::error::ApiError;
 use crate::limit::Bucket;
 use crate::metrics::Metrics;
+use budget::Budget;
+
+/// Bytes a request's WAL record may hold per event beyond the event's own bytes in
+/// the request: the framing of `sluice_proto::record` (lengths, flags, timestamps:
+/// 33 bytes), a server-assigned id (36) and a stream name copied from the URL or
+/// `IngestRequest.stream` (up to 128), rounded up to 201. With
+/// [`RECORD_BYTES_PER_HEADER`] this bounds a record by
+/// `max_body_bytes + max_events_per_request * (201 + 8)`.
+pub const RECORD_BYTES_PER_EVENT: u64 = 201;
+
+/// Record framing of one gRPC header entry (two length prefixes).
+pub const RECORD_BYTES_PER_HEADER: u64 = 8;
+
+/// The largest record a request with `body` bytes of at most `events` events (and
+/// as many header entries) can become.
+pub fn record_bound(body: u64, events: u64) -> u64 {
+    5 + body + events * (RECORD_BYTES_PER_EVENT + RECORD_BYTES_PER_HEADER)
+}
 
 /// The state both front doors serve from.
 pub struct IngestState {
@@ -30,6 +53,8 @@ pub struct IngestState {
     /// Node-wide rate limits.
     pub events_rate: Option<Bucket>,
     pub bytes_rate: Option<Bucket>,
+    /// Bytes of requests being read and decoded (`http.max_inflight_bytes`).
+    pub budget: Arc<Budget>,
 }
 
 impl IngestState {
@@ -50,6 +75,7 @@ impl IngestState {
             keys: Keys::new(&config.auth),
             events_rate: config.limits.events_per_s.map(|r| Bucket::new(r as f64)),
             bytes_rate: config.limits.bytes_per_s.map(|r| Bucket::new(r.0 as f64)),
+            budget: Budget::new(config.http.max_inflight_bytes.0),
         }
     }
 
@@ -69,6 +95,16 @@ impl IngestState {
             )
             .retry_after(Duration::from_secs(1))
         })
+    }
+
+    /// The largest record a body of `body_bytes` (as received, before any
+    /// decompression) can become: every event takes at least 2 bytes (`{}`) of the
+    /// body, so there are at most `body_bytes / 2` of them, and at most
+    /// `http.max_events_per_request`. A compressed body can expand up to
+    /// `http.max_body_bytes`; pass that as `body_bytes` for it.
+    pub fn record_estimate(&self, body_bytes: u64) -> u64 {
+        let events = (body_bytes / 2 + 1).min(self.limits.max_events_per_request as u64);
+        record_bound(body_bytes, events)
     }
 
     /// True when the queue has room for about `bytes` more.

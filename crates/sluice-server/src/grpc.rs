@@ -7,28 +7,51 @@
 //! `grpc.window` messages in flight, so a fast producer is not held to one fsync per
 //! message; their appends still reach the queue in message order.
 //!
+//! Cheap checks first, as on HTTP: the listener's `route` calls [`admit_call`] with
+//! the call's headers — method, API key, shutdown, `http.max_concurrent_requests`,
+//! for `Ingest` a full queue — before a byte of any message is read, and passes the
+//! [`Admission`] (principal and permit) in the request's extensions. Messages are
+//! then read by hand ([`frames`]): refused on their length prefix past
+//! `http.max_body_bytes`, charged to the byte budget as they arrive, decompressed
+//! with bounds ([`crate::front::inflate`]), walked on the wire ([`scan`]: at most
+//! `http.max_events_per_request` events and header entries, text fields UTF-8)
+//! before prost allocates anything per event, and decoded and validated off the
+//! async runtime when large. Answers are written by hand too ([`reply`]).
+//!
 //! Back-pressure: a unary call finds a full queue before its message is read
 //! (RESOURCE_EXHAUSTED with a retry delay). A stream instead stops reading while the
 //! queue is full, for up to [`HOLD_MAX`]: HTTP/2 flow control slows the producer to
 //! what the processor delivers, and no message is decoded only to be refused. Past
 //! that, the next message is read and refused.
+//!
+//! Shutdown: a stream stops reading when the node starts shutting down, lets the
+//! messages in flight finish, and ends with UNAVAILABLE (and a retry delay), so an
+//! idle stream does not hold its permit, nor the shutdown, until the grace period.
+
+mod frames;
+mod reply;
+pub mod scan;
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use http::StatusCode;
+use hyper::body::Incoming;
 use sluice_core::{validate_stream_name, Event};
-use sluice_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
+use sluice_proto::prost::Message;
 use sluice_proto::v1::{self as pb, IngestAck, IngestRequest, IngestResponse};
-use tokio::sync::mpsc;
-use tonic::codec::CompressionEncoding;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tonic::Status;
 
 use crate::auth::{check_stream, Principal};
 use crate::error::ApiError;
+use crate::front::budget::{Charge, EVENT_MEMORY_BYTES, HEADER_MEMORY_BYTES};
+use crate::front::inflate::{inflate, Encoding};
 use crate::front::IngestState;
+use frames::{Messages, Raw};
+pub use reply::GrpcResponse;
 
 /// Longest event id a producer may supply.
 const MAX_ID_LEN: usize = 128;
@@ -39,6 +62,10 @@ pub const HOLD_MAX: Duration = Duration::from_secs(5);
 /// How often a held-back stream looks for room again.
 const HOLD_POLL: Duration = Duration::from_millis(5);
 
+/// Messages at least this large (as received, or any compressed one) are
+/// decompressed, scanned and decoded on the blocking pool.
+const BLOCKING_BYTES: usize = 64 * 1024;
+
 /// Waits until the queue has room for a message of `max_body_bytes`, or `HOLD_MAX`.
 async fn hold_while_full(state: &IngestState) {
     let room = state.limits.max_body_bytes.0;
@@ -48,23 +75,125 @@ async fn hold_while_full(state: &IngestState) {
     }
 }
 
-/// The service, ready to be called with `http::Request`s.
-pub fn service(state: Arc<IngestState>, window: usize) -> IngestServiceServer<Grpc> {
-    let limit = state.limits.max_body_bytes.0 as usize;
-    // Compressed messages are inflated into a buffer bounded by the same limit, so a
-    // decompression bomb costs at most `http.max_body_bytes`.
-    IngestServiceServer::new(Grpc {
+/// The service, ready to serve calls admitted by [`admit_call`].
+pub fn service(state: Arc<IngestState>, window: usize) -> Grpc {
+    Grpc {
         state,
         window: window.max(1),
-    })
-    .max_decoding_message_size(limit)
-    .accept_compressed(CompressionEncoding::Gzip)
-    .accept_compressed(CompressionEncoding::Zstd)
+    }
 }
 
-/// The `IngestService` implementation.
+/// The `IngestService`.
+#[derive(Clone)]
 pub struct Grpc {
     state: Arc<IngestState>,
+    window: usize,
+}
+
+/// The three RPCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    Ingest,
+    IngestStream,
+    IngestBidi,
+}
+
+impl Rpc {
+    fn from_path(path: &str) -> Option<Rpc> {
+        match path.strip_prefix("/sluice.v1.IngestService/")? {
+            "Ingest" => Some(Rpc::Ingest),
+            "IngestStream" => Some(Rpc::IngestStream),
+            "IngestBidi" => Some(Rpc::IngestBidi),
+            _ => None,
+        }
+    }
+}
+
+/// What admission established about a call, handed to the service in the
+/// request's extensions.
+#[derive(Clone)]
+pub struct Admission {
+    rpc: Rpc,
+    principal: Principal,
+    encoding: Encoding,
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+/// Admits a call from its headers alone, before any message is read: the method,
+/// the API key (`authorization: Bearer KEY` or `x-api-key`), the message encoding,
+/// shutdown and `http.max_concurrent_requests`, and for a unary call a full queue.
+/// Refusals are counted by reason.
+pub fn admit_call<B>(state: &IngestState, req: &http::Request<B>) -> Result<Admission, Status> {
+    let Some(rpc) = Rpc::from_path(req.uri().path()) else {
+        state.metrics.reject("not_found");
+        return Err(Status::unimplemented(format!(
+            "no method {} in sluice.v1.IngestService",
+            req.uri().path()
+        )));
+    };
+    let principal = state
+        .keys
+        .authenticate(req.headers())
+        .map_err(|e| reject(state, e))?;
+    let encoding = match req.headers().get("grpc-encoding") {
+        None => Encoding::Identity,
+        Some(v) => match v.to_str().ok().and_then(Encoding::parse) {
+            Some(e) => e,
+            None => {
+                state.metrics.reject("unsupported_encoding");
+                return Err(Status::unimplemented(format!(
+                    "grpc-encoding {v:?} is not supported; use gzip or zstd"
+                )));
+            }
+        },
+    };
+    let permit = state.admit().map_err(|e| reject(state, e))?;
+    if rpc == Rpc::Ingest {
+        // A unary call is refused before its message is even read when the queue has
+        // no room for a message of the largest size (gRPC has no Content-Length to
+        // go by; `/readyz` uses the same bound); streams hold back instead.
+        state
+            .shed_if_full(state.limits.max_body_bytes.0)
+            .map_err(|e| reject(state, e))?;
+    }
+    Ok(Admission {
+        rpc,
+        principal,
+        encoding,
+        _permit: Arc::new(permit),
+    })
+}
+
+impl Grpc {
+    /// Serves one call; `req` carries the [`Admission`] from [`admit_call`].
+    pub async fn call(&self, mut req: http::Request<Incoming>) -> GrpcResponse {
+        let Some(admission) = req.extensions_mut().remove::<Admission>() else {
+            return reply::status(Status::internal("the call was not admitted"));
+        };
+        let limit = self.state.limits.max_body_bytes.0;
+        let messages = Messages::new(req.into_body(), &self.state.budget, limit);
+        let call = Call {
+            state: self.state.clone(),
+            principal: admission.principal.clone(),
+            encoding: admission.encoding,
+            window: self.window,
+        };
+        let r = match admission.rpc {
+            Rpc::Ingest => call.ingest(messages).await,
+            Rpc::IngestStream => call.ingest_stream(messages).await,
+            Rpc::IngestBidi => call.ingest_bidi(messages, admission.clone()),
+        };
+        drop(admission);
+        r
+    }
+}
+
+/// One admitted call.
+#[derive(Clone)]
+struct Call {
+    state: Arc<IngestState>,
+    principal: Principal,
+    encoding: Encoding,
     window: usize,
 }
 
@@ -74,39 +203,45 @@ struct Accepted {
     ids: Vec<String>,
 }
 
-type AckStream = Pin<Box<dyn futures_util::Stream<Item = Result<IngestAck, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl IngestService for Grpc {
-    async fn ingest(
-        &self,
-        request: Request<IngestRequest>,
-    ) -> Result<Response<IngestResponse>, Status> {
+impl Call {
+    async fn ingest(&self, mut messages: Messages) -> GrpcResponse {
         let state = &self.state;
-        let principal = authenticate(state, &request)?;
-        let _permit = state.admit().map_err(|e| reject(state, e))?;
-        let prepared = prepare(state, &principal, request.into_inner());
-        let accepted = append(state.clone(), prepared)
-            .await
-            .map_err(|e| reject(state, e))?;
-        Ok(Response::new(IngestResponse {
-            accepted: accepted.events,
-            ids: accepted.ids,
-        }))
+        let timeout = state.limits.body_read_timeout.0;
+        let raw = match tokio::time::timeout(timeout, messages.next()).await {
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the message did not arrive within http.body_read_timeout ({timeout:?})"),
+            )),
+            Ok(Ok(None)) => Err(ApiError::bad_request(
+                "empty_body",
+                "the call has no request message",
+            )),
+            Ok(Ok(Some(raw))) => Ok(raw),
+            Ok(Err(e)) => Err(e),
+        };
+        let prepared = match raw {
+            Ok(raw) => self.prepare(raw).await,
+            Err(e) => Err(e),
+        };
+        match append(state.clone(), prepared).await {
+            Ok(a) => reply::unary(&IngestResponse {
+                accepted: a.events,
+                ids: a.ids,
+            }),
+            Err(e) => reply::status(reject(state, e)),
+        }
     }
 
-    async fn ingest_stream(
-        &self,
-        request: Request<Streaming<IngestRequest>>,
-    ) -> Result<Response<IngestResponse>, Status> {
+    async fn ingest_stream(&self, mut inbound: Messages) -> GrpcResponse {
         let state = &self.state;
-        let principal = authenticate(state, &request)?;
-        let _permit = state.admit().map_err(|e| reject(state, e))?;
-        let mut inbound = request.into_inner();
+        let max_ids = state.limits.max_events_per_request;
         let mut pending: FuturesOrdered<_> = FuturesOrdered::new();
         let mut total = IngestResponse::default();
         let mut sequence = 0u64;
         let mut inbound_done = false;
+        // Ids promised to the answer: bounded over the whole call.
+        let mut ids_promised = 0usize;
         // The first rejected message; messages after it that were already in flight
         // (only possible when the queue, not validation, refused it) still complete.
         let mut failed: Option<(u64, ApiError)> = None;
@@ -130,12 +265,25 @@ impl IngestService for Grpc {
                         }
                     }
                 },
-                msg = async { hold_while_full(state).await; inbound.message().await },
+                _ = state.shutting_down.cancelled(), if !inbound_done && failed.is_none() => {
+                    // Stop reading; what is in flight finishes, then UNAVAILABLE.
+                    failed = Some((sequence + 1, ApiError::shutting_down()));
+                }
+                msg = async { hold_while_full(state).await; inbound.next().await },
                     if !inbound_done && failed.is_none() && pending.len() < self.window => {
                     match msg {
-                        Ok(Some(m)) => {
+                        Ok(Some(raw)) => {
                             sequence += 1;
-                            let prepared = prepare(state, &principal, m);
+                            let prepared = self.prepare(raw).await.and_then(|p| {
+                                if !p.return_ids {
+                                    return Ok(p);
+                                }
+                                ids_promised += p.events.len();
+                                if ids_promised > max_ids {
+                                    return Err(too_many_ids(max_ids, ids_promised));
+                                }
+                                Ok(p)
+                            });
                             if let Err(e) = prepared {
                                 failed = Some((sequence, e));
                                 continue;
@@ -145,11 +293,11 @@ impl IngestService for Grpc {
                             pending.push_back(async move { (seq, append(state, prepared).await) });
                         }
                         Ok(None) => inbound_done = true,
-                        Err(status) => {
-                            // The client's stream broke: what is in flight still
-                            // completes (it may be durable), but nothing is acked.
+                        Err(e) => {
+                            // The client's stream broke or sent a bad frame: what is in
+                            // flight still completes (it may be durable), nothing is acked.
                             while pending.next().await.is_some() {}
-                            return Err(status);
+                            return reply::status(reject(state, e));
                         }
                     }
                 }
@@ -167,29 +315,23 @@ impl IngestService for Grpc {
                     md.insert("sluice-accepted-after-failure", v);
                 }
             }
-            return Err(status);
+            return reply::status(status);
         }
-        Ok(Response::new(total))
+        reply::unary(&total)
     }
 
-    type IngestBidiStream = AckStream;
-
-    async fn ingest_bidi(
-        &self,
-        request: Request<Streaming<IngestRequest>>,
-    ) -> Result<Response<AckStream>, Status> {
-        let state = self.state.clone();
-        let principal = authenticate(&state, &request)?;
-        // Admission is per call; the permit lives as long as the stream.
-        let permit = state.admit().map_err(|e| reject(&state, e))?;
+    /// Admission (its permit) lives as long as the stream's task.
+    fn ingest_bidi(&self, mut inbound: Messages, admission: Admission) -> GrpcResponse {
+        let call = self.clone();
         let window = self.window;
-        let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<IngestAck, Status>>(window);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _admission = admission;
+            let state = call.state.clone();
             let mut pending = FuturesOrdered::new();
             let mut sequence = 0u64;
             let mut inbound_done = false;
+            let mut stopping = false;
             let mut sequences = VecDeque::with_capacity(window);
             loop {
                 tokio::select! {
@@ -216,41 +358,71 @@ impl IngestService for Grpc {
                             return; // the client went away
                         }
                     }
-                    msg = async { hold_while_full(&state).await; inbound.message().await },
-                        if !inbound_done && pending.len() < window => {
+                    _ = state.shutting_down.cancelled(), if !inbound_done && !stopping => {
+                        stopping = true;
+                    }
+                    msg = async { hold_while_full(&state).await; inbound.next().await },
+                        if !inbound_done && !stopping && pending.len() < window => {
                         match msg {
-                            Ok(Some(m)) => {
+                            Ok(Some(raw)) => {
                                 sequence += 1;
                                 sequences.push_back(sequence);
-                                let prepared = prepare(&state, &principal, m);
+                                let prepared = call.prepare(raw).await;
                                 pending.push_back(append(state.clone(), prepared));
                             }
                             Ok(None) => inbound_done = true,
-                            Err(status) => {
+                            Err(e) => {
                                 while pending.next().await.is_some() {}
-                                let _ = tx.send(Err(status)).await;
+                                let _ = tx.send(Err(reject(&state, e))).await;
                                 return;
                             }
                         }
                     }
-                    else => return,
+                    else => break,
                 }
             }
+            if stopping {
+                let _ = tx
+                    .send(Err(reject(&state, ApiError::shutting_down())))
+                    .await;
+            }
         });
-        let acks = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|ack| (ack, rx))
-        });
-        Ok(Response::new(Box::pin(acks)))
+        reply::streaming(rx)
+    }
+
+    /// Checks the rate limits, then decodes and validates one message (on the
+    /// blocking pool when it is large or compressed) and charges it to the rate
+    /// limits. Called in message order.
+    async fn prepare(&self, raw: Raw) -> Result<Prepared, ApiError> {
+        let state = &self.state;
+        state.check_rate(&self.principal)?;
+        let big = raw.compressed || raw.bytes.len() >= BLOCKING_BYTES;
+        let (principal, encoding) = (self.principal.clone(), self.encoding);
+        let limits = (
+            state.limits.max_body_bytes.0,
+            state.limits.max_events_per_request,
+        );
+        let work = move || decode(&principal, encoding, raw, limits);
+        let p = if big {
+            tokio::task::spawn_blocking(work).await.map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??
+        } else {
+            work()?
+        };
+        state.charge(&self.principal, p.events.len(), p.bytes)?;
+        Ok(p)
     }
 }
 
-/// The API key in the call's metadata (`authorization: Bearer KEY` or `x-api-key`).
-fn authenticate<T>(state: &IngestState, request: &Request<T>) -> Result<Principal, Status> {
-    let md = request.metadata();
-    state
-        .keys
-        .authenticate_by(|name| md.get(name).and_then(|v| v.to_str().ok()))
-        .map_err(|e| reject(state, e))
+fn too_many_ids(max: usize, promised: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_ids",
+        format!(
+            "an IngestStream call with return_ids answers at most http.max_events_per_request ({max}) ids; this message would make {promised}; send return_ids = false or use IngestBidi"
+        ),
+    )
 }
 
 /// Counts a rejection and turns it into a status.
@@ -259,28 +431,97 @@ fn reject(state: &IngestState, e: ApiError) -> Status {
     e.into_status()
 }
 
-/// A validated request message, ready to append.
+/// A validated request message, ready to append; `charge` holds its bytes and
+/// events in the byte budget until it is appended.
 struct Prepared {
     events: Vec<Event>,
     bytes: usize,
     return_ids: bool,
+    _charge: Charge,
 }
 
-/// Validates one request message and charges it to the rate limits (synchronously,
-/// so a stream's messages are judged in order).
-fn prepare(
-    state: &IngestState,
+/// Decompresses (bounded), scans (bounded), decodes and validates one message.
+fn decode(
     principal: &Principal,
-    req: IngestRequest,
+    encoding: Encoding,
+    raw: Raw,
+    (limit, max_events): (u64, usize),
 ) -> Result<Prepared, ApiError> {
-    state.check_rate(principal)?;
+    let Raw {
+        bytes,
+        compressed,
+        mut charge,
+    } = raw;
+    let bytes = if compressed {
+        if encoding == Encoding::Identity {
+            return Err(ApiError::bad_request(
+                "invalid_encoding",
+                "a compressed message in a call without grpc-encoding",
+            ));
+        }
+        let received = bytes.len() as u64;
+        let what = "the decompressed request message";
+        let out = inflate(encoding, &bytes, limit, what, &mut charge).map_err(|e| {
+            if e.code == "payload_too_large" {
+                ApiError::message_too_large(what, limit)
+            } else {
+                e
+            }
+        })?;
+        drop(bytes);
+        charge.release(received);
+        out
+    } else {
+        bytes
+    };
+    let counts = scan::scan(&bytes, max_events).map_err(scan_error)?;
+    charge.add(
+        counts.events as u64 * EVENT_MEMORY_BYTES + counts.headers as u64 * HEADER_MEMORY_BYTES,
+    )?;
+    let req = IngestRequest::decode(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_protobuf",
+            format!("the request message is not a valid sluice.v1.IngestRequest: {e}"),
+        )
+    })?;
+    let return_ids = req.return_ids;
     let (events, bytes) = to_events(principal, req.stream, req.events)?;
-    state.charge(principal, events.len(), bytes)?;
     Ok(Prepared {
         events,
         bytes,
-        return_ids: req.return_ids,
+        return_ids,
+        _charge: charge,
     })
+}
+
+fn scan_error(e: scan::ScanError) -> ApiError {
+    use scan::ScanError;
+    match e {
+        ScanError::TooManyEvents { max } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!("the request message has more than http.max_events_per_request ({max}) events"),
+        ),
+        ScanError::TooManyHeaders { max, event } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_headers",
+            format!(
+                "the request message has more than http.max_events_per_request ({max}) header entries in all"
+            ),
+        )
+        .at_event(event),
+        ScanError::NotUtf8 { event, field } => {
+            let e = ApiError::bad_request("invalid_utf8", format!("{field} is not valid UTF-8"));
+            match event {
+                Some(n) => e.at_event(n),
+                None => e,
+            }
+        }
+        ScanError::Malformed { what } => ApiError::bad_request(
+            "invalid_protobuf",
+            format!("the request message is not a valid sluice.v1.IngestRequest: {what}"),
+        ),
+    }
 }
 
 /// Appends a prepared message and waits until it is durable. Owns what it needs, so

@@ -94,3 +94,40 @@ fn unknown_keys_and_bad_values_name_the_key_and_value() {
         .to_string();
     assert!(e.contains("soon"), "{e}");
 }
+
+#[test]
+fn a_request_must_fit_one_wal_record_exactly() {
+    let c = Config::load(Sources::default()).unwrap();
+    assert_eq!(c.http.max_events_per_request, 100_000);
+    assert_eq!(c.http.max_inflight_bytes.0, 512 << 20);
+    // 10 MiB + 150,000 x 209 bytes is over a 32 MiB record.
+    let e = load("[http]\nmax_events_per_request = 150000\n", &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("http.max_events_per_request "), "{e}");
+    assert!(e.contains("http.max_body_bytes (10 MiB)"), "{e}");
+    assert!(e.contains("(150000) x 209"), "{e}");
+    assert!(e.contains("queue.segment_bytes / 2 (32 MiB)"), "{e}");
+    // A bigger segment makes room.
+    let c = load(
+        "[http]\nmax_events_per_request = 150000\n[queue]\nsegment_bytes = \"128 MiB\"\n",
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.http.max_events_per_request, 150_000);
+    let e = load("[http]\nmax_events_per_request = 0\n", &[], &[]).unwrap_err();
+    assert!(e.to_string().contains("must be at least 1"), "{e}");
+}
+
+#[test]
+fn the_byte_budget_must_hold_the_largest_request() {
+    let e = load("[http]\nmax_inflight_bytes = \"16 MiB\"\n", &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("http.max_inflight_bytes must hold the largest request"),
+        "{e}"
+    );
+    load("[http]\nmax_inflight_bytes = \"64 MiB\"\n", &[], &[]).unwrap();
+}

@@ -1,39 +1,41 @@
 //! `POST /v1/streams/{stream}/events`.
 //!
-//! The order of checks is the order of cost: route and method, shutdown, the
-//! concurrency limit, stream name, content type and encoding, the declared length,
-//! then the body is read (bounded in size and time), decompressed (bounded), split
-//! and validated, and only then appended to the queue as one batch. Every rejection
-//! costs at most the bytes read so far and is counted by reason.
+//! The order of checks is the order of cost: route and method, the API key,
+//! shutdown, the concurrency limit, stream name, content type and encoding, the
+//! declared length, then the body is read (bounded in size and time), decompressed
+//! (bounded, zstd's window too), split and validated (at most
+//! `http.max_events_per_request` events, stopping at the one too many), and only
+//! then appended to the queue as one batch. Every rejection costs at most the bytes
+//! read so far and is counted by reason.
+//!
+//! Memory: what the request holds — the bytes read, the bytes decompressed, and a
+//! per-event overhead — is charged to the node's byte budget
+//! (`http.max_inflight_bytes`, see `front::budget`) as it grows, and released when
+//! the request is answered; past the budget the request gets 429 `overloaded`.
+//! Large bodies are decompressed and split off the async runtime.
 
 use std::convert::Infallible;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_core::{validate_stream_name, Event};
 
 use crate::error::ApiError;
+use crate::front::budget::{Charge, EVENT_MEMORY_BYTES};
+use crate::front::inflate::{inflate, Encoding};
 pub use crate::front::IngestState;
 
-/// Bodies at least this large (compressed) are decompressed off the async runtime.
-const BLOCKING_DECOMPRESS_BYTES: usize = 64 * 1024;
+/// Bodies at least this large are decompressed and split off the async runtime.
+const BLOCKING_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy)]
 enum Format {
     Json,
     Ndjson,
-}
-
-#[derive(Clone, Copy)]
-enum Encoding {
-    Identity,
-    Gzip,
-    Zstd,
 }
 
 /// Handles one request on the ingest listener.
@@ -97,13 +99,44 @@ async fn ingest(
         return Err(ApiError::too_large("request body (Content-Length)", limit));
     }
     // Shed load before reading, decompressing and parsing a body the full queue
-    // would refuse anyway: a record takes about twice its NDJSON body.
-    state.shed_if_full(declared.unwrap_or(0).saturating_mul(2))?;
-    let body = read_body(req.into_body(), state).await?;
-    let body = decompress(encoding, body, limit).await?;
-    let payloads = match format {
-        Format::Json => sluice_proto::body::split_json(&body)?,
-        Format::Ndjson => sluice_proto::body::split_ndjson(&body)?,
+    // would refuse anyway: the largest record a body of this size can become (a
+    // compressed one may expand to `max_body_bytes`).
+    let expands = !matches!(encoding, Encoding::Identity);
+    let estimate = match declared {
+        Some(len) if !expands => state.record_estimate(len),
+        Some(_) => state.record_estimate(limit),
+        None => 0,
+    };
+    state.shed_if_full(estimate)?;
+    let mut charge = state.budget.charge();
+    let body = read_body(req.into_body(), state, &mut charge).await?;
+    let max_events = state.limits.max_events_per_request;
+    let big = body.len() >= BLOCKING_BYTES;
+    let work = move || -> Result<(Vec<Bytes>, Charge), ApiError> {
+        let received = body.len() as u64;
+        let body = match encoding {
+            Encoding::Identity => body,
+            _ => {
+                let what = "decompressed request body";
+                let out = inflate(encoding, &body, limit, what, &mut charge)?;
+                drop(body);
+                charge.release(received);
+                out
+            }
+        };
+        let payloads = match format {
+            Format::Json => sluice_proto::body::split_json_limited(&body, max_events)?,
+            Format::Ndjson => sluice_proto::body::split_ndjson_limited(&body, max_events)?,
+        };
+        charge.add(payloads.len() as u64 * EVENT_MEMORY_BYTES)?;
+        Ok((payloads, charge))
+    };
+    let (payloads, _charge) = if big {
+        tokio::task::spawn_blocking(work).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??
+    } else {
+        work()?
     };
     let received_at = sluice_core::now_unix_nanos();
     let bytes: usize = payloads.iter().map(Bytes::len).sum();
@@ -183,84 +216,64 @@ fn content_encoding<B>(req: &Request<B>) -> Result<Encoding, ApiError> {
     let Some(v) = req.headers().get(header::CONTENT_ENCODING) else {
         return Ok(Encoding::Identity);
     };
-    match v
-        .to_str()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "" | "identity" => Ok(Encoding::Identity),
-        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
-        "zstd" => Ok(Encoding::Zstd),
-        other => Err(ApiError::new(
+    let v = v.to_str().unwrap_or("?");
+    Encoding::parse(v).ok_or_else(|| {
+        ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_encoding",
-            format!("Content-Encoding {other:?} is not supported; use gzip or zstd"),
-        )),
-    }
+            format!("Content-Encoding {v:?} is not supported; use gzip or zstd"),
+        )
+    })
 }
 
-async fn read_body(body: Incoming, state: &IngestState) -> Result<Bytes, ApiError> {
+/// Reads the body, at most `http.max_body_bytes` within `http.body_read_timeout`,
+/// charging every chunk to the byte budget as it arrives.
+async fn read_body(
+    mut body: Incoming,
+    state: &IngestState,
+    charge: &mut Charge,
+) -> Result<Bytes, ApiError> {
     let limit = state.limits.max_body_bytes.0;
     let timeout = state.limits.body_read_timeout.0;
-    let limited = Limited::new(body, limit as usize);
-    match tokio::time::timeout(timeout, limited.collect()).await {
+    let read = async {
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_read_error",
+                    format!("reading the request body failed: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            len += data.len() as u64;
+            if len > limit {
+                return Err(ApiError::too_large("request body", limit));
+            }
+            charge.add(data.len() as u64)?;
+            chunks.push(data);
+        }
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().expect("one chunk"),
+            _ => {
+                let mut all = BytesMut::with_capacity(len as usize);
+                for c in chunks {
+                    all.extend_from_slice(&c);
+                }
+                all.freeze()
+            }
+        })
+    };
+    match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             format!("the body did not arrive within http.body_read_timeout ({timeout:?})"),
         )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::too_large("request body", limit))
-        }
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "body_read_error",
-            format!("reading the request body failed: {e}"),
-        )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(r) => r,
     }
-}
-
-async fn decompress(encoding: Encoding, body: Bytes, limit: u64) -> Result<Bytes, ApiError> {
-    if matches!(encoding, Encoding::Identity) {
-        return Ok(body);
-    }
-    if body.len() < BLOCKING_DECOMPRESS_BYTES {
-        return decompress_sync(encoding, &body, limit);
-    }
-    tokio::task::spawn_blocking(move || decompress_sync(encoding, &body, limit))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-}
-
-/// Decompresses at most `limit + 1` bytes, so a bomb costs no more than the limit.
-fn decompress_sync(encoding: Encoding, body: &[u8], limit: u64) -> Result<Bytes, ApiError> {
-    let mut out = Vec::with_capacity((body.len() * 4).min(limit as usize));
-    let (name, read) = match encoding {
-        Encoding::Identity => return Ok(Bytes::copy_from_slice(body)),
-        Encoding::Gzip => (
-            "gzip",
-            flate2::read::MultiGzDecoder::new(body)
-                .take(limit + 1)
-                .read_to_end(&mut out),
-        ),
-        Encoding::Zstd => (
-            "zstd",
-            zstd::stream::read::Decoder::with_buffer(body)
-                .and_then(|d| d.take(limit + 1).read_to_end(&mut out)),
-        ),
-    };
-    if let Err(e) = read {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_encoding",
-            format!("the body is not valid {name}: {e}"),
-        ));
-    }
-    if out.len() as u64 > limit {
-        return Err(ApiError::too_large("decompressed request body", limit));
-    }
-    Ok(Bytes::from(out))
 }

@@ -48,13 +48,11 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use sluice_proto::v1::ingest_service_server::IngestServiceServer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_service::Service;
 
 use crate::front::IngestState;
 use crate::grpc::Grpc;
@@ -72,28 +70,27 @@ pub const MAX_PENDING_RESETS: usize = 20;
 const MAX_H1_HEADERS: usize = 100;
 
 /// The ingest listener's handler: gRPC (`content-type: application/grpc…`) goes to
-/// the `IngestService`, everything else to the HTTP API.
+/// the `IngestService`, everything else to the HTTP API. A gRPC call is admitted
+/// from its headers alone (method, API key, shutdown, the concurrency limit, a full
+/// queue) before any of its messages is read; the admission travels to the service
+/// in the request's extensions.
 pub async fn route(
     state: Arc<IngestState>,
-    mut grpc: IngestServiceServer<Grpc>,
-    req: Request<Incoming>,
+    grpc: Grpc,
+    mut req: Request<Incoming>,
 ) -> Result<Response<IngestBody>, Infallible> {
     let is_grpc = req
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if is_grpc {
-        // A unary call is refused before its message is even read when the queue has
-        // no room for a request of the largest size (gRPC has no Content-Length to
-        // go by; `/readyz` uses the same bound); streams hold back instead (`grpc`).
-        if req.uri().path().ends_with("/Ingest") {
-            if let Err(e) = state.shed_if_full(state.limits.max_body_bytes.0) {
-                state.metrics.reject(e.code);
-                let r = e.into_status().into_http::<tonic::body::Body>();
-                return Ok(r.map(Either::Right));
+        let r = match crate::grpc::admit_call(&state, &req) {
+            Ok(admission) => {
+                req.extensions_mut().insert(admission);
+                grpc.call(req).await
             }
-        }
-        let r = grpc.call(req).await?;
+            Err(status) => status.into_http::<tonic::body::Body>(),
+        };
         return Ok(r.map(Either::Right));
     }
     let r = ingest::handle(state, req).await?;

@@ -47,8 +47,9 @@ pub(crate) async fn small_log_with_gated_sink() -> (TestNode, watch::Sender<bool
         dir,
         &[
             ("queue.max_bytes", "1 MiB"),
-            ("queue.segment_bytes", "128 KiB"),
+            ("queue.segment_bytes", "256 KiB"),
             ("http.max_body_bytes", "64 KiB"),
+            ("http.max_events_per_request", "300"),
             ("queue.checkpoint_interval", "10ms"),
         ],
         NodeOptions {

@@ -9,6 +9,7 @@ mod crash;
 mod disk;
 mod gateway;
 mod grpc;
+mod hostile;
 mod http_sink;
 mod ingest;
 mod isolation;

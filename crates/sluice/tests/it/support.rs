@@ -505,4 +505,90 @@ pub async fn start_keyed(flags: &[(&str, &str)], events_per_s: Option<u64>) -> (
         dir,
     };
     (node, key)
+
+/// The answer of a gRPC call made by hand: its status (from the headers of a
+/// trailers-only answer or from the trailers) and its response messages' bytes.
+pub struct RawGrpc {
+    pub status: tonic::Status,
+    pub body: Bytes,
+}
+
+/// One gRPC call over HTTP/2 prior knowledge with a hand-built body (length-prefixed
+/// messages, compressed or not), so a test can send what no generated client would.
+pub async fn raw_grpc(
+    addr: SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<RawGrpc, String> {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}/sluice.v1.IngestService/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let head = resp.headers().clone();
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let status = tonic::Status::from_header_map(&head)
+        .or_else(|| tonic::Status::from_header_map(&trailers))
+        .ok_or_else(|| format!("no grpc-status in {head:?} / {trailers:?}"))?;
+    Ok(RawGrpc {
+        status,
+        body: collected.to_bytes(),
+    })
+}
+
+/// One gRPC message frame: flag, big-endian length, bytes.
+pub fn grpc_frame(compressed: bool, message: &[u8]) -> Vec<u8> {
+    let mut out = vec![u8::from(compressed)];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Gzip of `data`.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// The peak resident set size of process `pid` (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// A config file under `dir` with one API key for every stream (and `extra` TOML);
+/// returns the key and the file's path.
+pub fn key_config(dir: &Path, extra: &str) -> (String, PathBuf) {
+    let (key, hash) = sluice_server::auth::generate_key();
+    let file = dir.join("sluice.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{extra}\n[[auth.keys]]\nname = \"test\"\nsha256 = \"{hash}\"\nstreams = [\"*\"]\n"
+        ),
+    )
+    .unwrap();
+    (key, file)
 }

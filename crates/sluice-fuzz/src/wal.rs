@@ -92,7 +92,7 @@ fn read_all(wal: &Wal) -> (Vec<Vec<u8>>, usize) {
 /// opens it again. Returns the records read before the append, or `None` when the
 /// first open refused.
 fn open_and_use(storage: &MemStorage) -> Option<Vec<Vec<u8>>> {
-    let _ = inspect_storage(storage, MAX_RECORD);
+    let _ = inspect_storage(storage);
     let (wal, recovery) = Wal::open_with_storage(storage.clone(), options()).ok()?;
     assert!(recovery.start <= recovery.end, "{recovery:?}");
     assert_eq!(wal.durable_end(), recovery.end);

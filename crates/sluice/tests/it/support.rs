@@ -505,6 +505,7 @@ pub async fn start_keyed(flags: &[(&str, &str)], events_per_s: Option<u64>) -> (
         dir,
     };
     (node, key)
+}
 
 /// The answer of a gRPC call made by hand: its status (from the headers of a
 /// trailers-only answer or from the trailers) and its response messages' bytes.

@@ -1,7 +1,6 @@
-//! Open findings of the fuzzers, each as the smallest input that shows it, in a test
-//! that fails today (hence `#[ignore]`) and passes once it is fixed. The fix belongs
-//! to another crate; see bench/RELIABILITY.md for each. Run them with
-//! `cargo nextest run -p sluice-fuzz --test findings --run-ignored only`.
+//! The fuzzers' findings, each as the smallest input that showed it, kept as a
+//! regression test (an open finding would be `#[ignore]`d until fixed); see
+//! bench/RELIABILITY.md for each.
 
 use bytes::Bytes;
 use sluice_wal::{MemStorage, Storage, Wal, WalOptions};
@@ -50,7 +49,6 @@ fn checkpoint_near_u64_max_is_refused_or_works() {
 /// object is refused as a single body, an NDJSON line or a gRPC payload (128 levels).
 /// Reproducer: fuzz/artifacts/json_body/array-element-deeper-than-128.
 #[test]
-#[ignore = "open finding F2 (sluice-proto body.rs)"]
 fn array_elements_have_the_same_depth_limit_as_other_bodies() {
     let object = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
     let single = sluice_proto::body::split_json(&Bytes::from(object.clone()));
@@ -61,4 +59,15 @@ fn array_elements_have_the_same_depth_limit_as_other_bodies() {
         Err("invalid_json"),
         "the same object inside an array is accepted"
     );
+}
+
+/// F3 (found by the corpus replay's mutants): an older segment whose header is bad
+/// made a reader compute a resume point inside that header (an overflow with
+/// overflow checks), then, once clamped, resume at the same position forever: a
+/// consumer stuck on it for good, and a second open reading none of the records
+/// after it. Fixed: a bad header skips the whole segment, and a resume point must
+/// move forward.
+#[test]
+fn a_bad_header_in_an_older_segment_is_skipped_not_read_forever() {
+    sluice_fuzz::wal_segment(&[15, 68, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 }

@@ -201,7 +201,8 @@ impl Reader {
         let mut data = vec![0u8; len as usize];
         let got = file.read_full_at(0, &mut data).ok()?;
         data.truncate(got);
-        let y = analysis::next_valid(&data, offset + 1)?;
+        // Frames start after the header, even when the bad bytes are in it.
+        let y = analysis::next_valid(&data, (offset + 1).max(HEADER_LEN))?;
         Some(base + (y - HEADER_LEN))
     }
 
@@ -221,8 +222,17 @@ impl Reader {
             } => {
                 let name = frame::segment_name(base);
                 // Skip only the bad bytes: resume at the next valid frame of this
-                // segment, or at its end when there is none.
-                let resume = self.next_valid(base, offset, limit).unwrap_or(limit);
+                // segment, or at its end when there is none. A bad header makes
+                // the whole segment unreadable (its base cannot be trusted), and a
+                // resume point that does not move forward would read the same bad
+                // bytes forever: both skip to the segment's end.
+                let resume = if offset < HEADER_LEN {
+                    limit
+                } else {
+                    self.next_valid(base, offset, limit)
+                        .filter(|&r| r > self.pos)
+                        .unwrap_or(limit)
+                };
                 let skipped_bytes = resume - self.pos;
                 let err = ReadError::Corrupt {
                     segment: self.shared.describe(&name),

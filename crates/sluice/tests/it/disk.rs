@@ -102,6 +102,7 @@ async fn wal_disk_full_fails_readiness_refuses_ingest_loses_nothing_and_restarts
         ("queue.segment_bytes", "1 MiB"),
         ("queue.max_bytes", "64 MiB"),
         ("http.max_body_bytes", "64 KiB"),
+        ("http.max_events_per_request", "1000"),
     ];
     let node = Node::start(test_config(&data, &flags), NodeOptions::default())
         .await

@@ -219,12 +219,18 @@ impl From<AppendError> for ApiError {
                 "payload_too_large",
                 e.to_string(),
             ),
-            e @ AppendError::Backend { .. } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_unavailable",
-                format!("{e}; the events were not acknowledged"),
-            )
-            .retry_after(Duration::from_secs(5)),
+            AppendError::Backend { message } => {
+                // The reason names files, brokers and addresses: it is for the
+                // operator (`/readyz`, the log), never for producers.
+                tracing::debug!(reason = %message, "queue refused an append");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue_unavailable",
+                    "the queue cannot take events right now (the node's /readyz says why); \
+                     the events were not acknowledged",
+                )
+                .retry_after(Duration::from_secs(5))
+            }
         }
     }
 }

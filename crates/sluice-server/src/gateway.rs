@@ -103,12 +103,12 @@ pub struct Upstreams {
     closed: CancellationToken,
     metrics: Arc<Metrics>,
     merge: Mutex<Merge>,
+    /// Most events in one merged call: `http.max_events_per_request`, which the
+    /// ingest nodes behind the gateway share (a larger call would be refused there).
+    max_merged_events: usize,
     /// This value's own `Arc`, for spawning the tasks that send merged calls.
     me: Weak<Upstreams>,
 }
-
-/// Most events in one merged call.
-const MAX_MERGED_EVENTS: usize = 100_000;
 
 /// Why no upstream took a batch.
 enum Failure {
@@ -148,7 +148,11 @@ enum Attempt {
 impl Upstreams {
     /// Clients for every upstream (connections are made on first use and by the
     /// prober), and the prober itself.
-    pub fn start(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Arc<Upstreams>, String> {
+    pub fn start(
+        config: GatewayConfig,
+        max_merged_events: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Upstreams>, String> {
         let mut upstreams = Vec::new();
         for url in &config.upstreams {
             let uri: Uri = url
@@ -192,6 +196,7 @@ impl Upstreams {
             closed: CancellationToken::new(),
             metrics,
             merge: Mutex::new(Merge::default()),
+            max_merged_events,
             me: me.clone(),
         });
         me.metrics
@@ -487,7 +492,7 @@ impl Upstreams {
                 while let Some(next) = m.pop_if(|next| {
                     next.batch.events[0].stream == stream
                         && bytes + next.bytes <= max_bytes
-                        && events + next.batch.len() <= MAX_MERGED_EVENTS
+                        && events + next.batch.len() <= self.max_merged_events
                 }) {
                     bytes += next.bytes;
                     events += next.batch.len();
@@ -525,7 +530,7 @@ impl Queue for Upstreams {
             let mergeable = self.config.max_in_flight > 0
                 && one_stream(&batch).is_some()
                 && bytes <= self.config.max_batch_bytes.0 as usize
-                && batch.len() <= MAX_MERGED_EVENTS;
+                && batch.len() <= self.max_merged_events;
             let me = self.me.upgrade();
             let Some(me) = me.filter(|_| mergeable) else {
                 let req = to_request(std::iter::once(&batch));

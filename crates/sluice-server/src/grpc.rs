@@ -269,8 +269,13 @@ impl Call {
                     // Stop reading; what is in flight finishes, then UNAVAILABLE.
                     failed = Some((sequence + 1, ApiError::shutting_down()));
                 }
-                msg = async { hold_while_full(state).await; inbound.next().await },
+                msg = next_message(state, &mut inbound),
                     if !inbound_done && failed.is_none() && pending.len() < self.window => {
+                    let Some(msg) = msg else {
+                        // Idle: stop reading; what is in flight finishes, then the answer.
+                        failed = Some((sequence + 1, stream_idle(state)));
+                        continue;
+                    };
                     match msg {
                         Ok(Some(raw)) => {
                             sequence += 1;
@@ -332,6 +337,7 @@ impl Call {
             let mut sequence = 0u64;
             let mut inbound_done = false;
             let mut stopping = false;
+            let mut idle = false;
             let mut sequences = VecDeque::with_capacity(window);
             loop {
                 tokio::select! {
@@ -361,8 +367,13 @@ impl Call {
                     _ = state.shutting_down.cancelled(), if !inbound_done && !stopping => {
                         stopping = true;
                     }
-                    msg = async { hold_while_full(&state).await; inbound.next().await },
+                    msg = next_message(&state, &mut inbound),
                         if !inbound_done && !stopping && pending.len() < window => {
+                        let Some(msg) = msg else {
+                            idle = true;
+                            stopping = true;
+                            continue;
+                        };
                         match msg {
                             Ok(Some(raw)) => {
                                 sequence += 1;
@@ -382,9 +393,12 @@ impl Call {
                 }
             }
             if stopping {
-                let _ = tx
-                    .send(Err(reject(&state, ApiError::shutting_down())))
-                    .await;
+                let why = if idle {
+                    stream_idle(&state)
+                } else {
+                    ApiError::shutting_down()
+                };
+                let _ = tx.send(Err(reject(&state, why))).await;
             }
         });
         reply::streaming(rx)
@@ -413,6 +427,34 @@ impl Call {
         state.charge(&self.principal, p.events.len(), p.bytes)?;
         Ok(p)
     }
+}
+
+/// The next message of a stream, waiting while the queue is full; `None` when none
+/// arrived within `http.idle_timeout`: a stream that sends nothing must not hold
+/// its admission permit (and its connection) forever.
+async fn next_message(
+    state: &IngestState,
+    inbound: &mut Messages,
+) -> Option<Result<Option<Raw>, ApiError>> {
+    let idle = state.limits.idle_timeout.0;
+    tokio::time::timeout(idle, async {
+        hold_while_full(state).await;
+        inbound.next().await
+    })
+    .await
+    .ok()
+}
+
+/// Why an idle stream was ended (DEADLINE_EXCEEDED).
+fn stream_idle(state: &IngestState) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "stream_idle",
+        format!(
+            "no request message for http.idle_timeout ({:?}); open a new stream to send more",
+            state.limits.idle_timeout.0
+        ),
+    )
 }
 
 fn too_many_ids(max: usize, promised: usize) -> ApiError {

@@ -125,10 +125,12 @@ impl Node {
             )));
         }
         let queue: Arc<dyn Queue> = match opts.role {
-            Role::Gateway => {
-                crate::gateway::Upstreams::start(config.gateway.clone(), metrics.clone())
-                    .map_err(StartError::Gateway)?
-            }
+            Role::Gateway => crate::gateway::Upstreams::start(
+                config.gateway.clone(),
+                config.http.max_events_per_request,
+                metrics.clone(),
+            )
+            .map_err(StartError::Gateway)?,
             _ => crate::build::open_queue(&config, &metrics).await?,
         };
         let queue = match opts.wrap_queue {

@@ -483,3 +483,64 @@ fn tokio_stream_of<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
 }
+
+/// A stream that sends nothing ends at `http.idle_timeout` (DEADLINE_EXCEEDED, with
+/// what it had acked) and frees its admission permit: with one request allowed at a
+/// time, an idle stream would otherwise lock every other producer out for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_ends_at_idle_timeout_and_frees_its_permit() {
+    let node = start(
+        &[
+            ("http.idle_timeout", "1s"),
+            ("http.max_concurrent_requests", "1"),
+        ],
+        NodeOptions::default(),
+    )
+    .await;
+    let msg = |n: u64| IngestRequest {
+        stream: "idle".into(),
+        events: vec![Event {
+            payload: format!("{{\"n\":{n}}}").into(),
+            ..Default::default()
+        }],
+        return_ids: false,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(msg(1)).await.unwrap();
+    let mut client = grpc_client(node.node.http_addr);
+    let started = Instant::now();
+    let summary = tokio::spawn(async move { client.ingest_stream(tokio_stream_of(rx)).await });
+    // While it holds the only permit, others are refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy = grpc_client(node.node.http_addr).ingest(msg(2)).await;
+    assert_eq!(busy.unwrap_err().code(), Code::ResourceExhausted);
+    let status = tokio::time::timeout(Duration::from_secs(5), summary)
+        .await
+        .expect("the idle stream is ended by the server")
+        .unwrap()
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("stream_idle"), "{status:?}");
+    assert_eq!(
+        status.metadata().get("sluice-accepted-events").unwrap(),
+        "1"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // The permit is free again.
+    let ok = grpc_client(node.node.http_addr)
+        .ingest(msg(3))
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().accepted, 1);
+    drop(tx);
+    assert_eq!(wait_lines(&node.out_dir("idle"), 2).await, 2);
+}
+
+async fn wait_lines(dir: &std::path::Path, n: usize) -> usize {
+    wait_until(Duration::from_secs(10), || sink_lines(dir).len() >= n).await;
+    sink_lines(dir).len()
+}

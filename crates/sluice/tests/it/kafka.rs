@@ -703,15 +703,18 @@ async fn events_the_kafka_sink_refuses_are_dead_lettered() {
         .collect();
     keys.sort();
     assert_eq!(keys, ["big-10", "big-17", "big-3"]);
+    // The counters move once the delivery is done, a moment after the files.
+    let dead_series = "sluice_dead_lettered_events_total{sink=\"kafka\"}";
+    let delivered_series = "sluice_sink_delivered_events_total{sink=\"kafka\"}";
+    crate::support::wait_until_async(Duration::from_secs(10), || async {
+        let page = node.metrics().await;
+        crate::support::metric(&page, dead_series) >= 3.0
+            && crate::support::metric(&page, delivered_series) >= 17.0
+    })
+    .await;
     let page = node.metrics().await;
-    assert_eq!(
-        crate::support::metric(&page, "sluice_dead_lettered_events_total{sink=\"kafka\"}"),
-        3.0
-    );
-    assert_eq!(
-        crate::support::metric(&page, "sluice_sink_delivered_events_total{sink=\"kafka\"}"),
-        17.0
-    );
+    assert_eq!(crate::support::metric(&page, dead_series), 3.0);
+    assert_eq!(crate::support::metric(&page, delivered_series), 17.0);
     node.node.shutdown();
     node.node.wait().await;
 }

@@ -42,15 +42,7 @@ async fn node_with(toml: &str) -> TestNode {
     .unwrap();
     config.auth = from_file.auth;
     config.limits = from_file.limits;
-    let node = sluice_server::Node::start(config, NodeOptions::default())
-        .await
-        .unwrap();
-    TestNode {
-        base: format!("http://{}", node.http_addr),
-        admin: format!("http://{}", node.admin_addr),
-        node,
-        dir,
-    }
+    start_config(config, dir, NodeOptions::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -325,30 +325,12 @@ async fn gateway_binary_forwards_and_drains_on_sigterm() {
 async fn keyed_node(flags: &[(&str, &str)], role: Role) -> (TestNode, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), flags);
-    let (key, sha256) = sluice_server::auth::generate_key();
-    config.auth.keys.push(sluice_server::config::KeyConfig {
-        name: "test".into(),
-        sha256,
-        streams: vec!["*".into()],
-        events_per_s: None,
-        bytes_per_s: None,
-    });
-    let node = sluice_server::Node::start(
-        config,
-        NodeOptions {
-            role,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let node = TestNode {
-        base: format!("http://{}", node.http_addr),
-        admin: format!("http://{}", node.admin_addr),
-        node,
-        dir,
+    let key = add_key(&mut config, None);
+    let opts = NodeOptions {
+        role,
+        ..Default::default()
     };
-    (node, key)
+    (start_config(config, dir, opts).await, key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,30 +15,6 @@ use tonic::Code;
 
 use crate::support::*;
 
-/// An in-process node whose one API key may write every stream.
-async fn node_with_key(flags: &[(&str, &str)]) -> (TestNode, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let (key, file) = key_config(dir.path(), "");
-    let mut config = test_config(dir.path(), flags);
-    config.auth = sluice_server::Config::load(sluice_server::config::Sources {
-        file: Some(&file),
-        env: Vec::new(),
-        flags: Vec::new(),
-    })
-    .unwrap()
-    .auth;
-    let node = sluice_server::Node::start(config, NodeOptions::default())
-        .await
-        .unwrap();
-    let t = TestNode {
-        base: format!("http://{}", node.http_addr),
-        admin: format!("http://{}", node.admin_addr),
-        node,
-        dir,
-    };
-    (t, key)
-}
-
 fn rejected(page: &str, reason: &str) -> f64 {
     metric(
         page,
@@ -53,7 +29,7 @@ fn ndjson_bomb() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_ndjson_bomb_is_401_without_a_key_and_413_too_many_events_with_one_fast() {
-    let (node, key) = node_with_key(&[]).await;
+    let (node, key) = start_keyed(&[], None).await;
     let bomb = ndjson_bomb();
     assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
     let http = Http::h1();

@@ -32,16 +32,8 @@ async fn node_in(root: &Path, keys_toml: &str, flags: &[(&str, &str)]) -> TestNo
         .unwrap();
         config.auth = from_file.auth;
     }
-    let node = sluice_server::Node::start(config, NodeOptions::default())
-        .await
-        .unwrap();
-    TestNode {
-        base: format!("http://{}", node.http_addr),
-        admin: format!("http://{}", node.admin_addr),
-        node,
-        // The caller's root owns the files; this one only keeps the type happy.
-        dir: tempfile::tempdir().unwrap(),
-    }
+    // The caller's root owns the files; the temp dir only keeps the type happy.
+    start_config(config, tempfile::tempdir().unwrap(), NodeOptions::default()).await
 }
 
 fn data_dir(root: &Path) -> PathBuf {

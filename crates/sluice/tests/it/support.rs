@@ -62,9 +62,13 @@ pub async fn start_in(
             .with_writer(std::io::stderr)
             .try_init();
     }
-    let node = Node::start(test_config(dir.path(), flags), opts)
-        .await
-        .unwrap();
+    let config = test_config(dir.path(), flags);
+    start_config(config, dir, opts).await
+}
+
+/// Starts a node from a finished `config` whose files live in `dir`.
+pub async fn start_config(config: Config, dir: tempfile::TempDir, opts: NodeOptions) -> TestNode {
+    let node = Node::start(config, opts).await.unwrap();
     let base = format!("http://{}", node.http_addr);
     let admin = format!("http://{}", node.admin_addr);
     TestNode {
@@ -73,6 +77,20 @@ pub async fn start_in(
         base,
         admin,
     }
+}
+
+/// Adds an API key that may write every stream (limited to `events_per_s` of its
+/// own, if given) to `config`; returns the key.
+pub fn add_key(config: &mut Config, events_per_s: Option<u64>) -> String {
+    let (key, sha256) = sluice_server::auth::generate_key();
+    config.auth.keys.push(sluice_server::config::KeyConfig {
+        name: "test".into(),
+        sha256,
+        streams: vec!["*".into()],
+        events_per_s,
+        bytes_per_s: None,
+    });
+    key
 }
 
 impl TestNode {
@@ -488,22 +506,8 @@ pub async fn assert_all_delivered(
 pub async fn start_keyed(flags: &[(&str, &str)], events_per_s: Option<u64>) -> (TestNode, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), flags);
-    let (key, sha256) = sluice_server::auth::generate_key();
-    config.auth.keys.push(sluice_server::config::KeyConfig {
-        name: "test".into(),
-        sha256,
-        streams: vec!["*".into()],
-        events_per_s,
-        bytes_per_s: None,
-    });
-    let node = Node::start(config, NodeOptions::default()).await.unwrap();
-    let node = TestNode {
-        base: format!("http://{}", node.http_addr),
-        admin: format!("http://{}", node.admin_addr),
-        node,
-        dir,
-    };
-    (node, key)
+    let key = add_key(&mut config, events_per_s);
+    (start_config(config, dir, NodeOptions::default()).await, key)
 }
 
 /// The answer of a gRPC call made by hand: its status (from the headers of a

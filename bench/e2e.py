@@ -141,6 +141,7 @@ def write_scripts(scripts):
 
 
 def main():
+    global BIN
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=5)
@@ -148,8 +149,10 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--json", default=None)
     ap.add_argument("--cases", default="single-fsync,single-write,ndjson-fsync,ndjson-write")
+    ap.add_argument("--bin", default=BIN, help="the sluice binary to run (e.g. an older build to compare)")
     ap.add_argument("--server-args", default="", help="extra flags for sluice serve, e.g. \"--queue memory --sink blackhole\"")
     args = ap.parse_args()
+    BIN = args.bin
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
     tmp = tempfile.mkdtemp(prefix="sluice-bench-", dir=os.environ.get("BENCH_DIR", "/tmp"))

@@ -32,6 +32,7 @@ import urllib.request
 CPUS = {"server": "0", "load": "1"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "sluice")
+SERVER_BIN = [BIN]  # the nodes under test (--server-bin); the load tool is always BIN
 
 
 def free_port():
@@ -76,7 +77,7 @@ def wait_ready(admin, scheme="http", timeout=30):
 class Proc:
     def __init__(self, cpus, args, log, env=None):
         self.log = open(log, "w")
-        self.p = subprocess.Popen(["taskset", "-c", cpus, BIN] + args, stdout=self.log, stderr=self.log,
+        self.p = subprocess.Popen(["taskset", "-c", cpus, SERVER_BIN[0]] + args, stdout=self.log, stderr=self.log,
                                   env={**os.environ, **(env or {})})
 
     def cpu_s(self):
@@ -310,7 +311,10 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--server-cpus", default="0")
     ap.add_argument("--load-cpus", default="1")
+    ap.add_argument("--server-bin", default=BIN,
+                    help="the sluice binary for the nodes (e.g. an older build to compare)")
     a = ap.parse_args()
+    SERVER_BIN[0] = a.server_bin
     CPUS.update(server=a.server_cpus, load=a.load_cpus)
     only = a.only.split(",")
     tmp = tempfile.mkdtemp(prefix="sluice-edge-")

@@ -17,7 +17,11 @@
 //! has handed out more than `max_deliveries` times goes to the dead-letter sink, with
 //! the reason in its `sluice-dead-letter-*` headers, before the delivery is committed.
 //! Nothing else leaves the pipeline undelivered; without a dead-letter sink such
-//! events are retried forever.
+//! events are retried forever. A message the queue cannot read as a sluice event (a
+//! foreign publish or a tampered header on a broker) never reaches the main sink: it
+//! goes to the dead-letter sink, or, without one (a library user's choice: a node
+//! always has one), is dropped with an error log and counted in
+//! `dropped_unreadable_events`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -102,6 +106,8 @@ pub struct ProcessorStats {
     pub last_delivered_received_at: AtomicU64,
     /// Events handed to the dead-letter sink.
     pub dead_lettered_events: AtomicU64,
+    /// Unreadable queue messages dropped because there is no dead-letter sink.
+    pub dropped_unreadable_events: AtomicU64,
 }
 
 /// The processor.
@@ -334,7 +340,18 @@ async fn to_dead_letter(
     stats: &ProcessorStats,
     opts: &ProcessorOptions,
 ) {
-    let Some(dl) = sinks.dead.as_deref().filter(|_| !dead.is_empty()) else {
+    if dead.is_empty() {
+        return;
+    }
+    let Some(dl) = sinks.dead.as_deref() else {
+        // Only the queue's unreadable messages get here without a dead-letter sink
+        // (sink refusals are retried instead): they must not reach the main sink.
+        for (e, reason) in &dead {
+            tracing::error!(worker = id, id = %e.id, %reason, "unreadable queue message dropped: no dead-letter sink is configured");
+        }
+        stats
+            .dropped_unreadable_events
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
         return;
     };
     let events: Vec<Event> = dead

@@ -75,6 +75,10 @@ pub enum DecodeError {
     /// An own header sluice would never have written.
     #[error("broker message header {name:?} is not allowed: {error}")]
     Header { name: String, error: HeaderError },
+    /// The payload is not the JSON object sluice wrote: a sink would write a broken
+    /// envelope.
+    #[error("broker message payload is refused: {0}")]
+    Payload(String),
 }
 
 /// Why an event cannot be written as a broker message. Permanent: retrying cannot
@@ -228,15 +232,18 @@ pub fn decode<'a>(
     if let Some(k) = key {
         validate_key(k).map_err(|e| invalid(KEY, k, e.to_string()))?;
     }
+    let received_at_unix_nanos = number(
+        RECEIVED_AT,
+        received.ok_or(DecodeError::Missing(RECEIVED_AT))?,
+    )?;
+    let timestamp_unix_nanos = timestamp.map_or(Ok(0), |t| number(TIMESTAMP, t))?;
+    crate::body::validate_payload(&payload, 1).map_err(|e| DecodeError::Payload(e.message))?;
     Ok(Event {
         id: id.to_string(),
         stream: Arc::from(stream),
         key: key.map(str::to_string),
-        received_at_unix_nanos: number(
-            RECEIVED_AT,
-            received.ok_or(DecodeError::Missing(RECEIVED_AT))?,
-        )?,
-        timestamp_unix_nanos: timestamp.map_or(Ok(0), |t| number(TIMESTAMP, t))?,
+        received_at_unix_nanos,
+        timestamp_unix_nanos,
         headers: own,
         payload,
     })
@@ -308,7 +315,7 @@ mod tests {
 
     #[test]
     fn broker_headers_are_skipped_and_missing_ones_named() {
-        let e = Event::new("s", &b"1"[..]);
+        let e = Event::new("s", &b"{}"[..]);
         let mut h: Vec<(&str, String)> = headers(&e)
             .into_iter()
             .map(|(k, v)| (k, v.into_owned()))
@@ -330,6 +337,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, DecodeError::Invalid { .. }));
+        let readable = [(ID, "x"), (STREAM, "s"), (RECEIVED_AT, "1")];
+        for bad in [&b"{\"n\":"[..], b"[1]", b"", b"\xff"] {
+            let err = decode(readable, |_| false, Bytes::from_static(bad)).unwrap_err();
+            assert!(matches!(err, DecodeError::Payload(_)), "{bad:?}: {err}");
+        }
+        assert!(decode(readable, |_| false, Bytes::from_static(b" {} ")).is_ok());
     }
 
     fn pairs(e: &Event) -> Vec<(String, String)> {

@@ -34,9 +34,14 @@ pub enum OpenError {
         next_valid: u64,
         dir: String,
     },
-    /// A consumer checkpoint file does not hold a valid checkpoint.
-    #[error("wal open: checkpoint file {file} is corrupt")]
-    CorruptCheckpoint { file: String },
+    /// A consumer checkpoint file does not hold a valid checkpoint. Open refuses:
+    /// guessing a position could skip acked records. `sluice wal repair DIR` moves
+    /// the file aside, and the consumer restarts at the oldest record on disk
+    /// (redelivery, never loss).
+    #[error(
+        "wal open: checkpoint file {file} is corrupt; run `sluice wal repair {dir}` to move it aside (its consumer then restarts at the oldest record: duplicates, no loss)"
+    )]
+    CorruptCheckpoint { file: String, dir: String },
     /// The writer thread could not be started.
     #[error("wal open: cannot spawn the writer thread")]
     Spawn {

@@ -75,6 +75,7 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<Recovered, OpenError> {
                 .map_err(io("read", name))?
                 .ok_or_else(|| OpenError::CorruptCheckpoint {
                     file: format!("{}/{name}", storage.describe()),
+                    dir: storage.describe(),
                 })?;
             checkpoints.insert(consumer.to_owned(), pos);
         } else if let Some(base) = frame::parse_segment_name(name) {

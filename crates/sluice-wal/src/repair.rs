@@ -18,6 +18,11 @@
 //! points into a hole resumes at the next segment. `inspect` accepts a hole only
 //! where a quarantine file accounts for it.
 //!
+//! A checkpoint file that does not hold a valid checkpoint is renamed to
+//! `<consumer>.ckpt.quarantine` (a number appended if that name is taken): its
+//! consumer restarts at the oldest record on disk, so the damage costs
+//! redelivered duplicates, never a skipped record.
+//!
 //! Order of writes, so an interrupted repair can simply be run again: quarantine
 //! files (synced), new segments (synced), directory sync, then the original
 //! segment is cut (synced), directory sync. Re-running rewrites identical files.
@@ -30,6 +35,7 @@ use std::path::Path;
 use tracing::warn;
 
 use crate::analysis::{self, Analysis};
+use crate::checkpoint;
 use crate::error::RepairError;
 use crate::frame::{self, HEADER_LEN};
 use crate::segment;
@@ -37,6 +43,22 @@ use crate::storage::{FsStorage, Storage};
 
 /// Marks a quarantine file: `<segment file>.quarantine-<file offset>`.
 pub const QUARANTINE: &str = ".quarantine-";
+
+/// Appended to an unreadable checkpoint file's name when it is moved aside.
+pub const CHECKPOINT_QUARANTINE: &str = ".quarantine";
+
+/// `stem`, or `stem.N` for the first N that names no file yet.
+fn free_name(storage: &dyn Storage, stem: &str) -> io::Result<String> {
+    let mut name = stem.to_owned();
+    for n in 1.. {
+        match storage.open(&name, false) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+            Ok(_) => name = format!("{stem}.{n}"),
+        }
+    }
+    Ok(name)
+}
 
 /// Bytes moved out of a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,23 +82,31 @@ pub struct SegmentRepair {
     pub new_segments: Vec<String>,
 }
 
-/// What [`repair`] did; empty when every segment was clean.
+/// What [`repair`] did; empty when every segment and checkpoint was clean.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepairReport {
     pub dir: String,
     pub segments: Vec<SegmentRepair>,
+    /// Unreadable checkpoint files moved aside: (consumer, new file name).
+    pub checkpoints: Vec<(String, String)>,
 }
 
 impl fmt::Display for RepairReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.segments.is_empty() {
+        if self.segments.is_empty() && self.checkpoints.is_empty() {
             return write!(
                 f,
-                "wal {}: every segment is clean, nothing to repair",
+                "wal {}: every segment and checkpoint is clean, nothing to repair",
                 self.dir
             );
         }
         writeln!(f, "wal {}", self.dir)?;
+        for (consumer, file) in &self.checkpoints {
+            writeln!(
+                f,
+                "checkpoint of consumer {consumer} was unreadable: moved to {file}; it restarts at the oldest record (duplicates, no loss)"
+            )?;
+        }
         for s in &self.segments {
             writeln!(
                 f,
@@ -94,7 +124,12 @@ impl fmt::Display for RepairReport {
                 writeln!(f, "  records after the bad bytes are now in {n}")?;
             }
         }
-        write!(f, "repaired {} segment(s)", self.segments.len())
+        write!(
+            f,
+            "repaired {} segment(s), {} checkpoint(s)",
+            self.segments.len(),
+            self.checkpoints.len()
+        )
     }
 }
 
@@ -114,9 +149,8 @@ pub fn repair_storage(storage: &dyn Storage) -> Result<RepairReport, RepairError
         let file = format!("{}/{file}", storage.describe());
         move |source| RepairError::Io { op, file, source }
     };
-    let mut bases: Vec<u64> = storage
-        .list()
-        .map_err(io("list", ""))?
+    let names = storage.list().map_err(io("list", ""))?;
+    let mut bases: Vec<u64> = names
         .iter()
         .filter_map(|n| frame::parse_segment_name(n))
         .collect();
@@ -124,7 +158,25 @@ pub fn repair_storage(storage: &dyn Storage) -> Result<RepairReport, RepairError
     let mut report = RepairReport {
         dir: storage.describe(),
         segments: Vec::new(),
+        checkpoints: Vec::new(),
     };
+    for name in &names {
+        let Some(consumer) = checkpoint::parse_file_name(name) else {
+            continue;
+        };
+        if checkpoint::read(storage, name)
+            .map_err(io("read", name))?
+            .is_some()
+        {
+            continue;
+        }
+        let moved = free_name(storage, &format!("{name}{CHECKPOINT_QUARANTINE}"))
+            .map_err(io("open", name))?;
+        storage.rename(name, &moved).map_err(io("rename", name))?;
+        storage.sync_dir().map_err(io("fsync directory", ""))?;
+        warn!(checkpoint = %name, to = %moved, "moved an unreadable checkpoint aside; its consumer restarts at the oldest record");
+        report.checkpoints.push((consumer.to_owned(), moved));
+    }
     for base in bases {
         let name = frame::segment_name(base);
         let file = storage.open(&name, false).map_err(io("open", &name))?;

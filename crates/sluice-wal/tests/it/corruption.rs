@@ -219,3 +219,40 @@ fn a_record_bigger_than_todays_limit_survives_a_restart() {
     assert_eq!(got[1].1, payload(1, 20_000));
     assert!(inspect_storage(&storage).unwrap().is_clean());
 }
+
+#[test]
+fn a_corrupt_checkpoint_refuses_to_start_and_repair_replays_from_the_oldest_record() {
+    let storage = MemStorage::new();
+    let (wal, _) = Wal::open_with_storage(storage.clone(), small_opts()).unwrap();
+    let positions: Vec<u64> = (0..3)
+        .map(|i| wal.append_blocking(payload(i, 20)).unwrap())
+        .collect();
+    wal.commit("proc", positions[1]).unwrap();
+    wal.close().unwrap();
+    let mut ckpt = storage.file_bytes("proc.ckpt").unwrap();
+    ckpt[6] ^= 0x01;
+    let f = storage.open("proc.ckpt", true).unwrap();
+    f.write_all_at(0, &ckpt).unwrap();
+    f.sync_data().unwrap();
+
+    let err = mem_open(&storage).err().expect("open refuses");
+    let text = err.to_string();
+    assert!(text.contains("proc.ckpt is corrupt"), "{text}");
+    assert!(text.contains("sluice wal repair"), "{text}");
+
+    let report = repair_storage(&storage).unwrap();
+    assert_eq!(
+        report.checkpoints,
+        vec![("proc".to_string(), "proc.ckpt.quarantine".to_string())],
+        "{report}"
+    );
+    assert_eq!(storage.file_bytes("proc.ckpt.quarantine").unwrap(), ckpt);
+    let (wal, _) = mem_open(&storage).unwrap();
+    // No position is guessed: the consumer starts over at the oldest record.
+    assert_eq!(wal.committed("proc"), None);
+    assert_eq!(wal.start(), 0);
+    assert_eq!(records_of(&wal).len(), 3);
+    wal.close().unwrap();
+    let again = repair_storage(&storage).unwrap();
+    assert!(again.checkpoints.is_empty() && again.segments.is_empty());
+}

@@ -317,9 +317,11 @@ async fn tampered_jetstream_messages_are_dead_lettered_not_written() {
     )
     .await;
     publish(&[], "not json").await;
+    // Every header right, but a payload the file sink would write as a broken line.
+    publish(&[base[0], base[1], ("sluice-stream", "web")], "{\"n\":").await;
     let dead = data_dir(root.path()).join("dead").join("_quarantine");
     assert!(
-        wait_until(Duration::from_secs(20), || sink_lines(&dead).len() >= 3).await,
+        wait_until(Duration::from_secs(20), || sink_lines(&dead).len() >= 4).await,
         "quarantined: {:?}",
         files(root.path())
     );
@@ -334,7 +336,12 @@ async fn tampered_jetstream_messages_are_dead_lettered_not_written() {
                 .to_string()
         })
         .collect();
-    for needle in ["sluice-stream is invalid", "more than once", "no sluice-id"] {
+    for needle in [
+        "sluice-stream is invalid",
+        "more than once",
+        "no sluice-id",
+        "payload is refused",
+    ] {
         assert!(
             reasons.iter().any(|r| r.contains(needle)),
             "{needle}: {reasons:?}"
@@ -345,7 +352,7 @@ async fn tampered_jetstream_messages_are_dead_lettered_not_written() {
     let m = node.metrics().await;
     assert_eq!(
         metric(&m, "sluice_dead_lettered_events_total{sink=\"file\"}"),
-        3.0
+        4.0
     );
     // Acked: a fresh consumer of the same group finds nothing left.
     node.node.shutdown();

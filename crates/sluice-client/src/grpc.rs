@@ -19,7 +19,7 @@ use sluice_proto::v1::ingest_service_client::IngestServiceClient;
 use sluice_proto::v1::{IngestAck, IngestRequest, IngestResponse};
 use tonic::metadata::{Ascii, MetadataValue};
 
-use crate::client::{ClientBuilder, Protocol};
+use crate::builder::{ClientBuilder, Protocol};
 use crate::error::{BuildError, ClientError};
 use crate::pool::{Pool, Sender};
 use crate::retry::RetryPolicy;

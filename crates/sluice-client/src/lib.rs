@@ -1,4 +1,4 @@
-//! sluice's Rust client and the load-generator library.
+//! sluice's Rust client.
 //!
 //! - [`Client`]: the HTTP API (`POST /v1/streams/{stream}/events`) over HTTP/1.1 or
 //!   HTTP/2 (h2c prior knowledge, or TLS with ALPN), on its own connection
@@ -13,9 +13,8 @@
 //!   tonic transport), with the API key in metadata and the same retry rules for
 //!   `RESOURCE_EXHAUSTED` / `UNAVAILABLE` (`google.rpc.RetryInfo`).
 //! - [`Batcher`]: collects events and sends them when N are buffered or T passed.
-//! - [`send`]: `sluice send`, NDJSON from a file or stdin.
-//! - [`load`]: `sluice load`, an open- or closed-model load generator with HDR
-//!   histograms and table / JSON / HTML reports.
+//!
+//! The `sluice send` and `sluice load` tools built on it are the `sluice-tools` crate.
 //!
 //! Cancelling is dropping: every request is a future, and dropping it abandons the
 //! request (an HTTP/1.1 connection in the middle of one is closed, never reused; an
@@ -23,19 +22,19 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod builder;
 pub mod client;
 pub mod error;
 pub mod grpc;
 pub mod http2;
-pub mod load;
 pub mod pool;
 pub mod retry;
-pub mod send;
 pub mod timing;
 pub mod tls;
 
 pub use batch::{BatchOptions, BatchSummary, Batcher};
-pub use client::{Accepted, Body, Client, ClientBuilder, Endpoint, Protocol};
+pub use builder::{ClientBuilder, Protocol};
+pub use client::{Accepted, Body, Client, Endpoint};
 pub use error::{BuildError, ClientError};
 pub use grpc::GrpcClient;
 pub use retry::RetryPolicy;

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::client::Protocol;
+use crate::builder::Protocol;
 use crate::error::ClientError;
 use crate::timing::{ConnectTimings, HttpVersion};
 

@@ -1,6 +1,7 @@
 //! sluice's data model: [`Event`], [`Batch`], event ids, stream names, and the
 //! [`Queue`] and [`Sink`] traits that every queue backend (memory, WAL, brokers) and
-//! every sink implements.
+//! every sink implements; and [`units`], the human sizes and durations (`"10 MiB"`,
+//! `"30s"`) that the config file and the command-line tools share.
 //!
 //! This crate does no I/O and knows no runtime: the traits return boxed futures so
 //! that callers can hold them as `dyn Queue` / `dyn Sink`.
@@ -12,6 +13,7 @@ mod queue;
 mod sink;
 mod stream;
 mod time;
+pub mod units;
 
 pub use event::{new_event_id, new_event_ids, Batch, Event, EventIds};
 pub use header::{

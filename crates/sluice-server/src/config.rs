@@ -17,12 +17,11 @@ use serde::Deserialize;
 mod access;
 mod brokers;
 mod edge;
-mod human;
 
 pub use access::{AuthConfig, KeyConfig, LimitsConfig};
 pub use brokers::{broker_address, KafkaQueueConfig, NatsQueueConfig};
 pub use edge::{GatewayConfig, TlsConfig};
-pub use human::{ByteSize, HumanDuration};
+pub use sluice_core::units::{ByteSize, HumanDuration};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]

@@ -48,9 +48,9 @@ enum Cmd {
     Keys(KeysCmd),
     /// Generate load: HTTP/1.1, HTTP/2 or gRPC, open (--rate) or closed model, with
     /// latency percentiles and JSON/HTML reports.
-    Load(Box<sluice_client::load::LoadArgs>),
+    Load(Box<sluice_tools::load::LoadArgs>),
     /// Send NDJSON from a file or stdin to a stream, in batches.
-    Send(Box<sluice_client::send::SendArgs>),
+    Send(Box<sluice_tools::send::SendArgs>),
 }
 
 #[derive(Subcommand)]
@@ -176,11 +176,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Load(args) => {
-            sluice_client::load::main(&args)?;
+            sluice_tools::load::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Send(args) => {
-            sluice_client::send::main(&args)?;
+            sluice_tools::send::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve(args) => serve(*args, Vec::new(), Role::Serve),

@@ -2,8 +2,6 @@
 
 mod batch;
 mod http2;
-mod load;
 mod retry;
-mod send;
 mod support;
 mod timing;

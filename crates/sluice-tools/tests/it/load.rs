@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sluice_client::load::{self, LoadArgs, Mode};
+use sluice_tools::load::{self, LoadArgs, Mode};
 
 use crate::support::*;
 

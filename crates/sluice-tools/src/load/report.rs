@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use sluice_core::units::ByteSize;
 
 use super::recorder::Recorder;
 use super::{LoadArgs, Mode};
@@ -217,8 +218,8 @@ impl Report {
             s,
             "  {:<14} {:>14} ({}/s)",
             "bytes",
-            crate::send::human_bytes(self.bytes),
-            crate::send::human_bytes(self.bytes_per_s as u64)
+            ByteSize(self.bytes).approx(),
+            ByteSize(self.bytes_per_s as u64).approx()
         );
         let _ = writeln!(s, "  {:<14} {:>14}", "errors", self.errors);
         for (k, v) in &self.errors_by_kind {

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use crate::batch::{BatchOptions, BatchSummary, Batcher};
-use crate::client::{Client, Protocol};
-use crate::error::{BuildError, ClientError};
-use crate::load::parse_duration;
+use sluice_client::batch::BatchStats;
+use sluice_client::{
+    BatchOptions, BatchSummary, Batcher, BuildError, Client, ClientError, Protocol, RetryPolicy,
+};
+use sluice_core::units::{parse_duration_or_secs, ByteSize};
 
 /// `sluice send [--url URL] [--stream S] [--batch N] [FILE|-]`
 #[derive(Debug, Clone, clap::Args)]
@@ -33,11 +34,11 @@ pub struct SendArgs {
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
     /// Send a partial batch after this long (e.g. 100ms, 1s).
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = parse_duration_or_secs)]
     pub linger: Duration,
     /// HTTP version: http1, http2 or auto.
-    #[arg(long, value_enum, default_value_t = Protocol::Auto)]
-    pub protocol: Protocol,
+    #[arg(long, value_enum, default_value_t = HttpVersion::Auto)]
+    pub protocol: HttpVersion,
     /// API key (sent as `authorization: Bearer KEY`).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -52,6 +53,27 @@ pub struct SendArgs {
     pub quiet: bool,
     /// The NDJSON file; `-` or nothing for stdin.
     pub file: Option<PathBuf>,
+}
+
+/// `--protocol`: the client's [`Protocol`], as a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HttpVersion {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: prior knowledge (h2c) over TCP, ALPN `h2` over TLS.
+    Http2,
+    /// HTTP/1.1 over TCP; over TLS whatever ALPN picks (h2 first).
+    Auto,
+}
+
+impl From<HttpVersion> for Protocol {
+    fn from(v: HttpVersion) -> Protocol {
+        match v {
+            HttpVersion::Http1 => Protocol::Http1,
+            HttpVersion::Http2 => Protocol::Http2,
+            HttpVersion::Auto => Protocol::Auto,
+        }
+    }
 }
 
 /// Why `sluice send` failed.
@@ -77,8 +99,8 @@ pub enum SendError {
 /// Reads the input, sends it and prints the summary. Needs a tokio runtime.
 pub async fn run(args: &SendArgs) -> Result<BatchSummary, SendError> {
     let mut b = Client::builder(&args.url)
-        .protocol(args.protocol)
-        .retry(crate::RetryPolicy {
+        .protocol(args.protocol.into())
+        .retry(RetryPolicy {
             max_retries: args.retries,
             ..Default::default()
         })
@@ -153,7 +175,7 @@ pub async fn run(args: &SendArgs) -> Result<BatchSummary, SendError> {
         "sent {} events in {} batches ({}) in {:.2}s: {} accepted, {} rejected, {:.0} events/s",
         read_events,
         summary.batches,
-        human_bytes(summary.bytes_sent),
+        ByteSize(summary.bytes_sent).approx(),
         secs,
         summary.events_accepted,
         summary.events_rejected,
@@ -183,7 +205,7 @@ pub fn main(args: &SendArgs) -> Result<BatchSummary, SendError> {
         .block_on(run(args))
 }
 
-fn progress(stats: &crate::batch::BatchStats, start: Instant, read: u64) {
+fn progress(stats: &BatchStats, start: Instant, read: u64) {
     let accepted = stats.events_accepted.load(Ordering::Relaxed);
     let secs = start.elapsed().as_secs_f64();
     let _ = writeln!(
@@ -191,23 +213,41 @@ fn progress(stats: &crate::batch::BatchStats, start: Instant, read: u64) {
         "{:>5.0}s  read {read}  accepted {accepted}  rejected {}  {}  {:.0} events/s",
         secs,
         stats.events_rejected.load(Ordering::Relaxed),
-        human_bytes(stats.bytes_sent.load(Ordering::Relaxed)),
+        ByteSize(stats.bytes_sent.load(Ordering::Relaxed)).approx(),
         accepted as f64 / secs.max(1e-9),
     );
 }
 
-/// `1.5 MiB`.
-pub(crate) fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        send: SendArgs,
     }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+
+    #[test]
+    fn flags_parse_as_documented() {
+        use clap::Parser;
+        let a = Cli::try_parse_from([
+            "send",
+            "--linger",
+            "250ms",
+            "--protocol",
+            "http2",
+            "f.ndjson",
+        ])
+        .unwrap()
+        .send;
+        assert_eq!(a.linger, Duration::from_millis(250));
+        assert_eq!(Protocol::from(a.protocol), Protocol::Http2);
+        assert_eq!(a.file.as_deref(), Some(std::path::Path::new("f.ndjson")));
+        let d = Cli::try_parse_from(["send"]).unwrap().send;
+        assert_eq!(
+            (d.linger, d.protocol, d.batch, d.retries),
+            (Duration::from_millis(100), HttpVersion::Auto, 500, 5)
+        );
     }
 }

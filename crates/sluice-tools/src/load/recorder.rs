@@ -41,7 +41,7 @@ pub struct Recorder {
 pub struct Sample<'a> {
     pub latency: Duration,
     pub measured: bool,
-    pub outcome: Result<(u64, u64), &'a crate::ClientError>,
+    pub outcome: Result<(u64, u64), &'a sluice_client::ClientError>,
 }
 
 impl Recorder {

@@ -32,9 +32,9 @@ use tokio::time::Instant;
 
 pub use report::{LatencyMs, Report, TimelinePoint};
 
-use crate::client::{Client, Protocol};
-use crate::error::{BuildError, ClientError};
-use crate::retry::RetryPolicy;
+use sluice_client::{BuildError, Client, ClientError, Protocol, RetryPolicy};
+use sluice_core::units::parse_duration_or_secs;
+
 use recorder::{Recorder, Sample};
 use shooter::{Payload, Shared, Shooter};
 
@@ -73,7 +73,7 @@ pub struct LoadArgs {
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// How long to measure, after the warm-up (e.g. 10s, 1m).
-    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration_or_secs)]
     pub duration: Duration,
     /// Stop after this many events instead of after --duration.
     #[arg(long)]
@@ -94,10 +94,10 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 10)]
     pub messages: usize,
     /// Send for this long before measuring (e.g. 2s).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = parse_duration_or_secs)]
     pub warmup: Duration,
     /// Give up on a request after this long (counted as a `timeout` error).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration_or_secs)]
     pub timeout: Duration,
     /// API key (`authorization: Bearer KEY`).
     #[arg(long)]
@@ -229,26 +229,20 @@ pub async fn run(args: &LoadArgs) -> Result<Report, LoadError> {
     if let Some(ca) = &args.ca {
         b = b.ca_file(ca);
     }
+    let connect_error = |source| LoadError::Connect {
+        connections: args.connections,
+        source,
+    };
     let shared = match args.mode {
         Mode::Http1 | Mode::Http2 => {
             let c = b.build()?;
             let e = c.endpoint(&args.stream)?;
-            c.warm(args.connections)
-                .await
-                .map_err(|source| LoadError::Connect {
-                    connections: args.connections,
-                    source,
-                })?;
+            c.warm(args.connections).await.map_err(connect_error)?;
             Shared::Http(c, e)
         }
         _ => {
             let c = b.build_grpc()?;
-            c.warm(args.connections)
-                .await
-                .map_err(|source| LoadError::Connect {
-                    connections: args.connections,
-                    source,
-                })?;
+            c.warm(args.connections).await.map_err(connect_error)?;
             Shared::Grpc(c)
         }
     };
@@ -476,43 +470,45 @@ fn raise_fd_limit(connections: usize, quiet: bool) {
     }
 }
 
-/// `"10s"`, `"500ms"`, `"1.5m"`, `"2h"`, `"100us"`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 1m)"))?;
-    let secs = match unit.trim() {
-        "" | "s" => v,
-        "ms" => v / 1e3,
-        "us" | "µs" => v / 1e6,
-        "m" | "min" => v * 60.0,
-        "h" => v * 3600.0,
-        u => {
-            return Err(format!(
-                "unknown unit {u:?} in {s:?} (use us, ms, s, m or h)"
-            ))
-        }
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    fn parse(args: &[&str]) -> LoadArgs {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("load").chain(args.iter().copied()))
+            .unwrap()
+            .load
+    }
+
+    /// `LoadArgs::new`, which tests and examples start from, is what the flags default to.
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
+    fn the_flag_defaults_are_load_args_new() {
+        let flags = parse(&["--url", "http://h:1"]);
+        assert_eq!(
+            format!("{flags:?}"),
+            format!("{:?}", LoadArgs::new("http://h:1"))
+        );
+    }
+
+    #[test]
+    fn duration_flags_take_the_config_grammar_and_bare_seconds() {
+        let a = parse(&["-d", "1.5m", "--warmup", "3", "--timeout", "250ms"]);
+        assert_eq!(a.duration, Duration::from_secs(90));
+        assert_eq!(a.warmup, Duration::from_secs(3));
+        assert_eq!(a.timeout, Duration::from_millis(250));
+        assert_eq!(parse(&["-d", "1m 30s"]).duration, Duration::from_secs(90));
+        use clap::Parser;
+        let bad = Cli::try_parse_from(["load", "-d", "5 parsecs"])
+            .err()
+            .unwrap();
+        assert!(bad.to_string().contains("is not a duration"), "{bad}");
     }
 
     #[test]

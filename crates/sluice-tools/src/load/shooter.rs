@@ -13,9 +13,7 @@ use futures_util::stream;
 use sluice_proto::v1::{Event, IngestAck, IngestRequest};
 use tokio::sync::mpsc;
 
-use crate::client::{Body, Client, Endpoint};
-use crate::error::ClientError;
-use crate::grpc::GrpcClient;
+use sluice_client::{Body, Client, ClientError, Endpoint, GrpcClient};
 
 use super::Mode;
 

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use sluice_client::send::{self, SendArgs, SendError};
+use sluice_tools::send::{self, HttpVersion, SendArgs, SendError};
 
 use crate::support::*;
 
@@ -12,7 +12,7 @@ fn args(node: &TestNode, file: &std::path::Path) -> SendArgs {
         stream: "sent".into(),
         batch: 100,
         linger: std::time::Duration::from_millis(50),
-        protocol: sluice_client::Protocol::Auto,
+        protocol: HttpVersion::Auto,
         api_key: None,
         ca: None,
         retries: 1,

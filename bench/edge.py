@@ -185,7 +185,7 @@ def grpc_stream(tmp, a, sink):
     # A 256 MiB log fills within the warm-up when ingest outruns the sink, so the
     # measured window is the steady state: streams held back to what is delivered.
     p, http, admin, data = serve(tmp, ["--sink", sink], {"SLUICE_QUEUE__MAX_BYTES": "256 MiB",
-                                                        "SLUICE_QUEUE__SEGMENT_BYTES": "32 MiB"})
+                                                        "SLUICE_QUEUE__SEGMENT_BYTES": "64 MiB"})
     try:
         before = [None]
 

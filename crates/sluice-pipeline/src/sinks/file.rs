@@ -93,14 +93,16 @@ impl Sink for FileSink {
         let mut time = sluice_proto::envelope::TimeCache::default();
         let mut rejected = Vec::new();
         for (index, e) in events.iter().enumerate() {
-            if let Err(reason) = stream_dir(&self.inner.root, &e.stream) {
-                tracing::error!(stream = ?e.stream.chars().take(64).collect::<String>(), id = %e.id, "file sink refused an event with an invalid stream name");
-                rejected.push(Rejection { index, reason });
-                continue;
-            }
             let buf = match groups.iter_mut().find(|(s, _)| *s == e.stream) {
                 Some((_, buf)) => buf,
                 None => {
+                    // Checked once per stream of the delivery, not per event: a
+                    // refused stream never gets a group, so its events come back here.
+                    if let Err(reason) = stream_dir(&self.inner.root, &e.stream) {
+                        tracing::error!(stream = ?e.stream.chars().take(64).collect::<String>(), id = %e.id, "file sink refused an event with an invalid stream name");
+                        rejected.push(Rejection { index, reason });
+                        continue;
+                    }
                     groups.push((e.stream.clone(), Vec::with_capacity(events.len() * 256)));
                     &mut groups.last_mut().expect("just pushed").1
                 }

@@ -54,9 +54,8 @@ def log(*a):
 class Cluster:
     """The compose project: service -> container id, and the docker verbs."""
 
-    def __init__(self, project, compose):
+    def __init__(self, project):
         self.project = project
-        self.compose = compose
         self.ids = {}
 
     def sh(self, *args, check=True, capture=True, timeout=120):
@@ -65,18 +64,37 @@ class Cluster:
             raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
         return r.stdout.strip() if capture else ""
 
+    def containers(self, service=None):
+        """Container ids of the project (or one service), running or not, by label."""
+        cmd = ["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={self.project}",
+               "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}']
+        pairs = [l.split() for l in self.sh(*cmd).splitlines() if l.strip()]
+        return [(c, s) for c, s in pairs if service in (None, s)]
+
     def cid(self, service):
         if service not in self.ids:
-            out = self.sh(*self.compose, "-p", self.project, "ps", "-q", service)
+            out = "\n".join(c for c, _ in self.containers(service))
             if not out:
                 raise RuntimeError(f"no container for {service}")
             self.ids[service] = out.splitlines()[0]
         return self.ids[service]
 
-    def network(self):
-        return self.sh("docker", "inspect", "-f",
-                       "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
-                       self.cid("gateway")).split()[0]
+    def network(self, name):
+        """The compose network called `name` (e.g. edge -> sluice_edge)."""
+        nets = self.sh("docker", "network", "ls", "--format", "{{.Name}}").split()
+        for n in nets:
+            if n in (f"{self.project}_{name}", f"{self.project}-{name}"):
+                return n
+        raise RuntimeError(f"no network {name} in {nets}")
+
+    def fill(self, service):
+        """Fills the file system under the service's /data (ENOSPC for its writers)."""
+        self.sh("docker", "exec", "-u", "0", self.cid(service), "sh", "-c",
+                "fallocate -l $(( $(df --output=avail -B1 /data | tail -1) - 4096 )) /data/filler"
+                " || dd if=/dev/zero of=/data/filler bs=1M 2>/dev/null; df -h /data")
+
+    def free(self, service):
+        self.sh("docker", "exec", "-u", "0", self.cid(service), "rm", "-f", "/data/filler")
 
     def health(self, service):
         return self.sh("docker", "inspect", "-f",
@@ -100,10 +118,13 @@ class Cluster:
             time.sleep(0.25)
         raise RuntimeError(f"{service} not healthy after {limit}s: {self.health(service)}")
 
-    def delivered(self, services=("process1", "process2")):
+    def processors(self):
+        return sorted({s for _, s in self.containers() if s.startswith("process")})
+
+    def delivered(self):
         """Every envelope line in the processors' /data/out (and dead letters)."""
         lines = []
-        for s in services:
+        for s in self.processors():
             for d in ("/data/out", "/data/dead"):
                 r = subprocess.run(["docker", "cp", f"{self.cid(s)}:{d}", "-"],
                                    capture_output=True, timeout=120)
@@ -228,7 +249,7 @@ def check(cluster, producer, drain, load_acked=None):
             data = env.get("data") or {}
             if env.get("stream") == "chaos" and data.get("chaos") == producer.run:
                 seen[data["seq"]] = seen.get(data["seq"], 0) + 1
-            elif env.get("stream") == "load":
+            elif env.get("stream") == f"load-{producer.run}":
                 load_lines += 1
                 load_ids.add(env["id"])
         lost = producer.acked - seen.keys()
@@ -250,20 +271,21 @@ def check(cluster, producer, drain, load_acked=None):
     }
 
 
-def start_load(args, duration, project):
+def start_load(args, duration, project, stream):
     if not args.load_bin:
         return None, None
     out = os.path.join(args.workdir, f"load-{project}-{int(time.time())}.json")
     cmd = [args.load_bin, "load", "--url", args.url, "--ca", args.ca, "--mode", "http2",
-           "--stream", "load", "--rate", str(args.load_rate), "-c", str(args.load_connections),
+           "--stream", stream, "--rate", str(args.load_rate), "-c", str(args.load_connections),
            "--batch", str(args.load_batch), "-d", f"{duration}s", "--timeout", "10s",
            "--threads", "1", "--quiet", "--json", out]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), out
 
 
 # A scenario: (description, duration s, [(at s, action name, service or arg)]).
-# Actions: kill (SIGKILL), start (docker start, then time to healthy), stop (SIGTERM),
-# cut / join (disconnect / connect the service from the cluster network).
+# Actions: kill (SIGKILL), start (docker start, then time to healthy), restart
+# (SIGTERM, then start), cut / join ("service:network": disconnect / connect it),
+# fill / free (fill the service's /data file system / delete the filler).
 SCENARIOS = {
     "kill-ingest-nats": ("kill -9 an ingest container and a NATS node, restart both", 16,
                          [(4, "kill", "ingest1"), (4, "kill", "nats2"),
@@ -276,8 +298,12 @@ SCENARIOS = {
                      [(4, "kill", "gateway"), (6, "start", "gateway")]),
     "kill-nats": ("kill -9 one NATS node of three, bring it back", 20,
                   [(4, "kill", "nats3"), (12, "start", "nats3")]),
-    "cut-ingest-nats": ("cut an ingest node off the network (NATS and gateway), rejoin", 20,
-                        [(4, "cut", "ingest1"), (12, "join", "ingest1")]),
+    "cut-ingest-nats": ("cut an ingest node off NATS (network disconnect), reconnect", 24,
+                        [(4, "cut", "ingest1:cluster"), (14, "join", "ingest1:cluster")]),
+    "cut-gateway-ingest": ("cut the gateway off one ingest node, reconnect", 24,
+                           [(4, "cut", "ingest2:edge"), (14, "join", "ingest2:edge")]),
+    "disk-full-sink": ("a processor's file-sink volume fills up (ENOSPC), then is freed", 24,
+                       [(4, "fill", "process3"), (14, "free", "process3")]),
     "rolling-restart": ("SIGTERM + start every sluice container in turn", 40,
                         [(3, "restart", "ingest1"), (8, "restart", "ingest2"),
                          (13, "restart", "process1"), (18, "restart", "process2"),
@@ -294,9 +320,8 @@ def run_scenario(args, cluster, name):
     log(f"{name}: {desc} ({duration}s)")
     for s in ("gateway", "ingest1", "ingest2", "process1", "process2", "nats1", "nats2", "nats3"):
         cluster.wait_healthy(s, 120)
-    network = cluster.network()
     producer = Producer(args.url, args.ca, args.rate, args.batch, args.threads, duration)
-    load, load_json = start_load(args, duration, cluster.project)
+    load, load_json = start_load(args, duration, cluster.project, f"load-{producer.run}")
     producer.start()
     events = []
     ready = {}
@@ -324,13 +349,20 @@ def run_scenario(args, cluster, name):
         elif action == "restart":
             cluster.stop(service)
             cluster.start(service)
-        elif action == "cut":
-            cluster.sh("docker", "network", "disconnect", network, cluster.cid(service))
-        elif action == "join":
-            cluster.sh("docker", "network", "connect", "--alias", service, network,
-                       cluster.cid(service))
+        elif action in ("cut", "join"):
+            service, net = service.split(":")
+            if action == "cut":
+                cluster.sh("docker", "network", "disconnect", cluster.network(net),
+                           cluster.cid(service))
+            else:
+                cluster.sh("docker", "network", "connect", "--alias", service,
+                           cluster.network(net), cluster.cid(service))
+        elif action == "fill":
+            cluster.fill(service)
+        elif action == "free":
+            cluster.free(service)
         events.append((round(t, 2), action, service))
-        if action in ("start", "restart", "join"):
+        if action in ("start", "restart"):
             th = threading.Thread(target=time_to_healthy, args=(service,))
             th.start()
             pending.append(th)
@@ -439,10 +471,7 @@ def main():
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--json", help="append the results here (JSON lines)")
     args = ap.parse_args()
-    compose = ["docker", "compose"]
-    if subprocess.run(compose + ["version"], capture_output=True).returncode != 0:
-        compose = ["docker-compose"]
-    cluster = Cluster(args.project, compose)
+    cluster = Cluster(args.project)
     if args.what == "smoke":
         smoke(args, cluster)
         return 0

@@ -13,8 +13,13 @@ build_image() {
     local binary="$1" context
     context="$(mktemp -d -t sluice-docker.XXXXXX)"
     strip -o "$context/sluice" "$binary" 2>/dev/null || cp "$binary" "$context/sluice"
-    docker build -q --target runtime --build-arg BINARY=sluice -t sluice:latest \
-        -f Dockerfile "$context" >/dev/null
+    local out
+    out="$(docker build -q --target runtime --build-arg BINARY=sluice -t sluice:latest \
+        -f Dockerfile "$context" 2>&1)" || {
+        echo "$out" >&2
+        rm -rf "$context"
+        return 1
+    }
     rm -rf "$context"
     echo "docker: image sluice:latest $(docker image inspect -f '{{.Size}}' sluice:latest |
         awk '{printf "%.0f MB", $1/1e6}')" >&2

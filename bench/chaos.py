@@ -87,6 +87,30 @@ class Cluster:
                 return n
         raise RuntimeError(f"no network {name} in {nets}")
 
+    def stream_leader(self):
+        """The NATS node leading the SLUICE stream (JetStream's /jsz, asked inside)."""
+        for node in ("nats1", "nats2", "nats3"):
+            out = self.sh("docker", "exec", self.cid(node), "bash", "-c",
+                          "exec 3<>/dev/tcp/127.0.0.1/8222 && printf 'GET /jsz?streams=true "
+                          "HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3", check=False)
+            if "{" not in out:
+                continue
+            jsz = json.loads(out[out.index("{"):])
+            for account in jsz.get("account_details") or []:
+                for st in account.get("stream_detail") or []:
+                    if st["name"] == "SLUICE" and (st.get("cluster") or {}).get("leader"):
+                        return st["cluster"]["leader"]
+        raise RuntimeError("no leader found for the SLUICE stream")
+
+    def resolve(self, service):
+        """`nats:leader` / `nats:follower`: the stream's leader or a follower, now."""
+        if service not in ("nats:leader", "nats:follower"):
+            return service
+        leader = self.stream_leader()
+        if service == "nats:leader":
+            return leader
+        return next(n for n in ("nats1", "nats2", "nats3") if n != leader)
+
     def fill(self, service):
         """Fills the file system under the service's /data (ENOSPC for its writers)."""
         self.sh("docker", "exec", "-u", "0", self.cid(service), "sh", "-c",
@@ -296,8 +320,10 @@ SCENARIOS = {
                        [(4, "kill", "process1"), (9, "start", "process1")]),
     "kill-gateway": ("kill -9 the gateway, restart it", 16,
                      [(4, "kill", "gateway"), (6, "start", "gateway")]),
-    "kill-nats": ("kill -9 one NATS node of three, bring it back", 20,
-                  [(4, "kill", "nats3"), (12, "start", "nats3")]),
+    "kill-nats-follower": ("kill -9 a NATS node (not the stream's leader), bring it back", 20,
+                           [(4, "kill", "nats:follower"), (12, "start", "nats:follower")]),
+    "kill-nats-leader": ("kill -9 the NATS node leading the stream, bring it back", 24,
+                         [(4, "kill", "nats:leader"), (16, "start", "nats:leader")]),
     "cut-ingest-nats": ("cut an ingest node off NATS (network disconnect), reconnect", 24,
                         [(4, "cut", "ingest1:cluster"), (14, "join", "ingest1:cluster")]),
     "cut-gateway-ingest": ("cut the gateway off one ingest node, reconnect", 24,
@@ -334,7 +360,12 @@ def run_scenario(args, cluster, name):
         except RuntimeError as e:
             ready[service] = str(e)
 
+    resolved = {}
     for at, action, service in sorted(actions):
+        if service.startswith("nats:"):
+            if service not in resolved:
+                resolved[service] = cluster.resolve(service)
+            service = resolved[service]
         now = time.monotonic() - producer.t0
         if at > now:
             time.sleep(at - now)

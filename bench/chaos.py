@@ -4,7 +4,8 @@ checker of acked against delivered events.
 
     python3 bench/chaos.py smoke                      # one event, producer -> file
     python3 bench/chaos.py run kill-ingest-nats       # one scenario (see SCENARIOS)
-    python3 bench/chaos.py run all --json out.json
+    python3 bench/chaos.py run all --json out.jsonl
+    python3 bench/chaos.py table out.jsonl            # the markdown table of CHAOS.md
 
 Each scenario runs two producers through the TLS gateway for its duration:
 
@@ -263,6 +264,7 @@ def check(cluster, producer, drain, load_acked=None):
     deadline = time.monotonic() + drain
     while True:
         seen = {}
+        ids = {}
         load_ids = set()
         load_lines = 0
         dead = 0
@@ -273,6 +275,7 @@ def check(cluster, producer, drain, load_acked=None):
             data = env.get("data") or {}
             if env.get("stream") == "chaos" and data.get("chaos") == producer.run:
                 seen[data["seq"]] = seen.get(data["seq"], 0) + 1
+                ids.setdefault(data["seq"], set()).add(env["id"])
             elif env.get("stream") == f"load-{producer.run}":
                 load_lines += 1
                 load_ids.add(env["id"])
@@ -287,6 +290,10 @@ def check(cluster, producer, drain, load_acked=None):
         "acked_but_lost": len(lost),
         "lost_sample": sorted(lost)[:10],
         "duplicates": sum(seen.values()) - len(seen),
+        # A duplicate under the event's own id (the same delivery redone: sink retry,
+        # broker redelivery, gateway retry on another ingest) or under a new id (the
+        # producer sent it again, its first answer lost).
+        "duplicates_same_id": sum(seen[q] - len(ids[q]) for q in seen),
         "delivered_not_acked": len(seen.keys() - producer.acked),
         "dead_letters": dead,
         "load_acked_events": load_acked,
@@ -483,9 +490,27 @@ def smoke(args, cluster):
     raise SystemExit(f"smoke: event {event_id} not delivered within 60 s")
 
 
+def table(path):
+    """The markdown table of a results file (JSON lines), as in bench/CHAOS.md."""
+    print("| scenario | acked | acked-but-lost | duplicates | producers saw (tagged) | "
+          "`sluice load`: ok / errors | p99 during fault (tagged; all) | time to healthy |")
+    print("|---|---|---|---|---|---|---|---|")
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            load = r.get("load") or {}
+            errs = ", ".join(f"{k} {v}" for k, v in (load.get("errors_by_kind") or {}).items())
+            saw = ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items()))
+            ready = ", ".join(f"{k} {v} s" for k, v in r["time_to_healthy_s"].items()) or "-"
+            print(f"| {r['scenario']} | {r['acked']:,} | **{r['acked_but_lost']}** | "
+                  f"{r['duplicates']} ({r.get('duplicates_same_id', '?')} same id) | {saw} | {load.get('requests', 0):,} / "
+                  f"{load.get('errors', 0):,}{' (' + errs + ')' if errs else ''} | "
+                  f"{r['p99_ms_during_fault']} ms; {r['p99_ms_all']} ms | {ready} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=["smoke", "run"])
+    ap.add_argument("what", choices=["smoke", "run", "table"])
     ap.add_argument("scenarios", nargs="*", default=[])
     ap.add_argument("--project", default=os.environ.get("COMPOSE_PROJECT_NAME", "sluice"))
     ap.add_argument("--url", default="https://127.0.0.1:8443")
@@ -502,6 +527,10 @@ def main():
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--json", help="append the results here (JSON lines)")
     args = ap.parse_args()
+    if args.what == "table":
+        for path in args.scenarios:
+            table(path)
+        return 0
     cluster = Cluster(args.project)
     if args.what == "smoke":
         smoke(args, cluster)

@@ -492,9 +492,10 @@ def smoke(args, cluster):
 
 def table(path):
     """The markdown table of a results file (JSON lines), as in bench/CHAOS.md."""
-    print("| scenario | acked | acked-but-lost | duplicates | producers saw (tagged) | "
-          "`sluice load`: ok / errors | p99 during fault (tagged; all) | time to healthy |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| scenario | faults (s from start) | acked | acked-but-lost | duplicates | "
+          "producers saw (tagged) | `sluice load`: ok / errors | p99 during fault (tagged; all) "
+          "| time to healthy |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with open(path) as f:
         for line in f:
             r = json.loads(line)
@@ -502,7 +503,8 @@ def table(path):
             errs = ", ".join(f"{k} {v}" for k, v in (load.get("errors_by_kind") or {}).items())
             saw = ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items()))
             ready = ", ".join(f"{k} {v} s" for k, v in r["time_to_healthy_s"].items()) or "-"
-            print(f"| {r['scenario']} | {r['acked']:,} | **{r['acked_but_lost']}** | "
+            faults = ", ".join(f"{a} {sv} @{t:.1f}" for t, a, sv in r["events"])
+            print(f"| {r['scenario']} | {faults} | {r['acked']:,} | **{r['acked_but_lost']}** | "
                   f"{r['duplicates']} ({r.get('duplicates_same_id', '?')} same id) | {saw} | {load.get('requests', 0):,} / "
                   f"{load.get('errors', 0):,}{' (' + errs + ')' if errs else ''} | "
                   f"{r['p99_ms_during_fault']} ms; {r['p99_ms_all']} ms | {ready} |")

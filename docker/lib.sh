@@ -7,21 +7,25 @@ else
     compose=(docker-compose)
 fi
 
-# build_image BINARY: sluice:latest from ./Dockerfile (target runtime), from BINARY
-# without its debug info, in a context holding only it.
+# The image the cluster runs (compose.yaml's IMAGE): its own tag, so a test never
+# replaces the sluice:latest a user built.
+export IMAGE="${IMAGE:-sluice:test}"
+
+# build_image BINARY: $IMAGE from ./Dockerfile (target runtime), from BINARY without
+# its debug info, in a context holding only it.
 build_image() {
     local binary="$1" context
     context="$(mktemp -d -t sluice-docker.XXXXXX)"
     strip -o "$context/sluice" "$binary" 2>/dev/null || cp "$binary" "$context/sluice"
     local out
-    out="$(docker build -q --target runtime --build-arg BINARY=sluice -t sluice:latest \
+    out="$(docker build -q --target runtime --build-arg BINARY=sluice -t "$IMAGE" \
         -f Dockerfile "$context" 2>&1)" || {
         echo "$out" >&2
         rm -rf "$context"
         return 1
     }
     rm -rf "$context"
-    echo "docker: image sluice:latest $(docker image inspect -f '{{.Size}}' sluice:latest |
+    echo "docker: image $IMAGE $(docker image inspect -f '{{.Size}}' "$IMAGE" |
         awk '{printf "%.0f MB", $1/1e6}')" >&2
 }
 

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use sluice_core::{validate_stream_name, Event};
 
 use crate::error::ApiError;
@@ -44,12 +44,17 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
-    let response = match ingest(&state, req).await {
+    // An HTTP/1 answer sent before the body was read whole leaves the rest of the
+    // body on the connection: say it closes, so the client does not send its next
+    // request there and find it cut off (HTTP/2 streams end on their own).
+    let unread_body_closes = req.version() < Version::HTTP_2 && !req.body().is_end_stream();
+    let mut body_read = false;
+    let response = match ingest(&state, req, &mut body_read).await {
         Ok(r) => r,
         Err(e) => {
             state.metrics.reject(e.code);
             let mut r = e.into_response();
-            if state.shutting_down.is_cancelled() {
+            if state.shutting_down.is_cancelled() || (unread_body_closes && !body_read) {
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -72,6 +77,7 @@ pub async fn handle(
 async fn ingest(
     state: &IngestState,
     req: Request<Incoming>,
+    body_read: &mut bool,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let stream = route(req.uri().path())?;
     if req.method() != Method::POST {
@@ -110,6 +116,7 @@ async fn ingest(
     state.shed_if_full(estimate)?;
     let mut charge = state.budget.charge();
     let body = read_body(req.into_body(), state, &mut charge).await?;
+    *body_read = true;
     let max_events = state.limits.max_events_per_request;
     let big = body.len() >= BLOCKING_BYTES;
     let work = move || -> Result<(Vec<Bytes>, Charge), ApiError> {

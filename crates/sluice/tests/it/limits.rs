@@ -267,3 +267,61 @@ async fn concurrent_requests_cannot_drive_a_key_rate_limit_into_debt() {
         "locked out past its Retry-After"
     );
 }
+
+/// An HTTP/1.1 answer sent before the body was read (no key, unknown path) says
+/// `Connection: close` and closes, so a client never sends its next request on a
+/// connection holding the rest of a body; an error after the whole body was read
+/// keeps the connection, and the next request on it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_is_read_closes_the_connection_and_says_so() {
+    let (node, key) = start_keyed(&[], None).await;
+    let body = "{\"n\":1}\n".repeat(2000);
+    for (path, auth, status) in [("/v1/streams/s/events", "", "401"), ("/nope", "", "404")] {
+        let mut s = TcpStream::connect(node.node.http_addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\n{auth}content-length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body.as_bytes()[..100]).await.unwrap();
+        let answer = read_response(&mut s).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{path}: {answer}"
+        );
+        let mut rest = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut rest).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{path}: the connection stayed open");
+    }
+    // The whole body read, then refused (invalid JSON): the connection goes on.
+    let mut s = TcpStream::connect(node.node.http_addr).await.unwrap();
+    let auth = format!("authorization: Bearer {key}\r\n");
+    for (payload, status) in [("{\"n\":\n", "400"), ("{\"n\":2}\n", "202")] {
+        let req = format!(
+            "POST /v1/streams/s/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\n{auth}content-length: {}\r\n\r\n{payload}",
+            payload.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let answer = read_response(&mut s).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+}

@@ -126,8 +126,8 @@ mod tests {
 
     #[test]
     fn events_round_trip_identical() {
-        let bare = Event::new("s", Bytes::new());
-        let mut key_is_id = Event::new("s", Bytes::from_static(b"x"));
+        let bare = Event::new("s", Bytes::from_static(b"{}"));
+        let mut key_is_id = Event::new("s", Bytes::from_static(b"{\"x\":1}"));
         key_is_id.key = Some(key_is_id.id.clone());
         for event in [full_event(), bare, key_is_id] {
             let m = as_read(encode_record("t", &event).unwrap());

@@ -1,4 +1,4 @@
-//! The command line: `config check` and `wal verify` exit codes and messages.
+//! The command line: `config check`, `wal verify` and `health` exit codes and messages.
 
 use std::process::Command;
 
@@ -220,4 +220,29 @@ fn open_listener_needs_keys_or_allow_unauthenticated() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `sluice health` (the container health check) exits 0 on a ready node's `/readyz`,
+/// and non-zero with the reason on a 404, on a port nobody listens on, and on a URL
+/// it cannot probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_zero_only_on_a_200() {
+    let node = crate::support::start(&[], sluice_server::NodeOptions::default()).await;
+    let admin = node.node.admin_addr;
+    let ready = format!("http://{admin}/readyz");
+    let missing = format!("http://{admin}/nope");
+    let closed = format!("http://{}/readyz", free_addr());
+    let run = |url: String| {
+        tokio::task::spawn_blocking(move || sluice(&["health", "--url", &url, "--timeout", "2"]))
+    };
+    let out = run(ready.clone()).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("200"),
+        "{out:?}"
+    );
+    for url in [missing, closed, "https://127.0.0.1:1/readyz".to_string()] {
+        let out = run(url.clone()).await.unwrap();
+        assert!(!out.status.success(), "{url}: {out:?}");
+    }
 }

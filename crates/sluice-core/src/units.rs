@@ -35,6 +35,8 @@ pub enum UnitError {
         "unknown size unit {unit:?} in {input:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB)"
     )]
     SizeUnit { input: String, unit: String },
+    #[error("{input:?} is larger than any size sluice can use (16 EiB)")]
+    SizeTooLarge { input: String },
     #[error("{input:?} needs a unit (ms, s, m, h)")]
     NoUnit { input: String },
     #[error("{input:?} is not a duration like \"30s\", \"1.5m\" or \"1h 30m\"")]
@@ -74,7 +76,14 @@ impl ByteSize {
                 })
             }
         };
-        Ok(ByteSize((n * mult as f64) as u64))
+        let bytes = n * mult as f64;
+        // `as u64` would saturate silently: a size past u64 is refused, not clamped.
+        if !(bytes < u64::MAX as f64) {
+            return Err(UnitError::SizeTooLarge {
+                input: input.to_string(),
+            });
+        }
+        Ok(ByteSize(bytes as u64))
     }
 
     /// `"1.5 MiB"`: rounded to one decimal in the largest binary unit, for
@@ -183,6 +192,10 @@ mod tests {
         assert_eq!(ByteSize::parse("512").unwrap().0, 512);
         assert_eq!(ByteSize::parse("512k").unwrap().0, 512_000);
         assert_eq!(ByteSize::parse(" 1.5 gib ").unwrap().0, 3 << 29);
+        assert!(matches!(
+            ByteSize::parse("20000000 TiB"),
+            Err(UnitError::SizeTooLarge { .. })
+        ));
         assert!(matches!(
             ByteSize::parse("ten"),
             Err(UnitError::NotASize { .. })

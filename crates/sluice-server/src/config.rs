@@ -601,7 +601,11 @@ impl Config {
                 ),
             });
         }
-        let largest = 2 * h.max_body_bytes.0 + events * EVENT_MEMORY_BYTES;
+        let largest = h
+            .max_body_bytes
+            .0
+            .saturating_mul(2)
+            .saturating_add(events.saturating_mul(EVENT_MEMORY_BYTES));
         if h.max_inflight_bytes.0 < largest {
             return Err(ConfigError::Invalid {
                 key: "http.max_inflight_bytes",

@@ -36,7 +36,12 @@ pub const RECORD_BYTES_PER_HEADER: u64 = 8;
 /// The largest record a request with `body` bytes of at most `events` events (and
 /// as many header entries) can become.
 pub fn record_bound(body: u64, events: u64) -> u64 {
-    5 + body + events * (RECORD_BYTES_PER_EVENT + RECORD_BYTES_PER_HEADER)
+    // Saturating: the config check compares it with the segment size, whatever
+    // limits an operator wrote (fuzz finding F4).
+    events
+        .saturating_mul(RECORD_BYTES_PER_EVENT + RECORD_BYTES_PER_HEADER)
+        .saturating_add(body)
+        .saturating_add(5)
 }
 
 /// The state both front doors serve from.

@@ -131,3 +131,25 @@ fn the_byte_budget_must_hold_the_largest_request() {
     );
     load("[http]\nmax_inflight_bytes = \"64 MiB\"\n", &[], &[]).unwrap();
 }
+
+/// Fuzz finding F4: sizes and counts past what the bounds' arithmetic can hold are
+/// refused with a message, never an overflow panic (`max_body_bytes` of 7.7e24 KiB
+/// once saturated to u64::MAX and `record_bound` added to it).
+#[test]
+fn absurd_sizes_and_counts_are_refused_not_overflowed() {
+    let err = load(
+        "[http]\nmax_body_bytes = \"7777777777777777777777777KiB\"\n",
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("larger than any size"), "{err}");
+    for (key, value) in [
+        ("http.max_body_bytes", "18446744073709551615"),
+        ("http.max_events_per_request", "18446744073709551615"),
+        ("http.max_inflight_bytes", "16777216 TiB"),
+    ] {
+        let r = load("", &[], &[(key, value)]);
+        assert!(r.is_err(), "{key} = {value}: accepted");
+    }
+}

@@ -71,3 +71,15 @@ fn array_elements_have_the_same_depth_limit_as_other_bodies() {
 fn a_bad_header_in_an_older_segment_is_skipped_not_read_forever() {
     sluice_fuzz::wal_segment(&[15, 68, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 }
+
+/// F5: a file named like a quarantine file of a segment at position u64::MAX
+/// (`18446744073709551615.wal.quarantine-0`, only ever hand-made) overflowed the hole
+/// arithmetic of `inspect`. Fixed: a segment name past 2^62 (the highest position a
+/// log can reach) is not a segment, and the hole bounds saturate.
+/// Reproducer: fuzz/artifacts/wal_checkpoint/quarantine-name-at-u64-max.
+#[test]
+fn a_quarantine_name_at_u64_max_is_not_an_overflow() {
+    let mut input = vec![3, 27, 128, 27, 237, 126, 27, 27, 47];
+    input.extend_from_slice(b"18446744073709551615.wal.quarantine-0");
+    sluice_fuzz::wal_checkpoint(&input);
+}

@@ -125,7 +125,12 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    // No log reaches 2^62 bytes (see `checkpoint::MAX_POSITION`): a name past it is
+    // not a segment sluice wrote, and positions there would overflow (finding F5).
+    digits
+        .parse()
+        .ok()
+        .filter(|&base| base <= crate::checkpoint::MAX_POSITION)
 }
 
 #[cfg(test)]
@@ -170,7 +175,10 @@ mod tests {
     #[test]
     fn segment_names_sort_by_position() {
         assert_eq!(segment_name(0), "00000000000000000000.wal");
-        assert_eq!(parse_segment_name(&segment_name(u64::MAX)), Some(u64::MAX));
+        let highest = crate::checkpoint::MAX_POSITION;
+        assert_eq!(parse_segment_name(&segment_name(highest)), Some(highest));
+        assert_eq!(parse_segment_name(&segment_name(highest + 1)), None);
+        assert_eq!(parse_segment_name(&segment_name(u64::MAX)), None);
         assert_eq!(parse_segment_name("123.wal"), None);
         assert_eq!(parse_segment_name("00000000000000000000.tmp"), None);
     }

@@ -156,8 +156,10 @@ pub fn inspect_storage(storage: &dyn Storage) -> Result<Inspection, InspectError
                 .open(name, false)
                 .and_then(|f| f.len())
                 .map_err(io("stat", name))?;
-            let start = base + offset.saturating_sub(HEADER_LEN);
-            holes.push((start, start + len, name.clone()));
+            // Saturating: the name is not trusted (fuzz finding F5: a hand-made
+            // quarantine name near u64::MAX overflowed here).
+            let start = base.saturating_add(offset.saturating_sub(HEADER_LEN));
+            holes.push((start, start.saturating_add(len), name.clone()));
         } else if let Some(consumer) = checkpoint::parse_file_name(name) {
             let pos = checkpoint::read(storage, name).map_err(io("read", name))?;
             consumers.push((consumer.to_owned(), pos));
@@ -170,7 +172,9 @@ pub fn inspect_storage(storage: &dyn Storage) -> Result<Inspection, InspectError
     }
     for i in 1..segments.len() {
         let prev = &segments[i - 1];
-        let data_end = prev.base + prev.size.saturating_sub(HEADER_LEN);
+        let data_end = prev
+            .base
+            .saturating_add(prev.size.saturating_sub(HEADER_LEN));
         let next = segments[i].base;
         let accounted = holes.iter().any(|(s, e, _)| *s < next && *e > data_end);
         if data_end != next && !(data_end < next && accounted) {

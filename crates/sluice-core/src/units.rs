@@ -77,8 +77,9 @@ impl ByteSize {
             }
         };
         let bytes = n * mult as f64;
-        // `as u64` would saturate silently: a size past u64 is refused, not clamped.
-        if !(bytes < u64::MAX as f64) {
+        // `as u64` would saturate silently: a size past u64 is refused, not clamped
+        // (digits and a dot only, so never NaN; a huge digit string is infinity).
+        if bytes >= u64::MAX as f64 {
             return Err(UnitError::SizeTooLarge {
                 input: input.to_string(),
             });

@@ -17,31 +17,15 @@ struct TestKey {
 }
 
 fn key(name: &str, streams: &[&str], extra: &str) -> TestKey {
-    let (key, hash) = sluice_server::auth::generate_key();
-    let streams: Vec<String> = streams.iter().map(|s| format!("{s:?}")).collect();
-    TestKey {
-        key,
-        toml: format!(
-            "[[auth.keys]]\nname = {name:?}\nsha256 = \"{hash}\"\nstreams = [{}]\n{extra}\n",
-            streams.join(", ")
-        ),
-    }
+    let (key, toml) = key_toml(name, streams, extra);
+    TestKey { key, toml }
 }
 
 /// A node whose config file holds `toml`.
 async fn node_with(toml: &str) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sluice.toml");
-    std::fs::write(&file, toml).unwrap();
     let mut config = test_config(dir.path(), &[]);
-    let from_file = sluice_server::Config::load(sluice_server::config::Sources {
-        file: Some(&file),
-        env: Vec::new(),
-        flags: Vec::new(),
-    })
-    .unwrap();
-    config.auth = from_file.auth;
-    config.limits = from_file.limits;
+    auth_from_toml(&mut config, dir.path(), toml);
     start_config(config, dir, NodeOptions::default()).await
 }
 

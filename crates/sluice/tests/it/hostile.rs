@@ -382,20 +382,24 @@ async fn sigterm(pid: u32) {
     assert!(st.success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_streams_end_with_unavailable_at_shutdown_and_acked_events_are_delivered() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = data.path().join("node");
-    let mut served = spawn_serve(&dir, free_addr(), free_addr(), &[]).await;
-    let pid = served.child.id().unwrap();
-    let msg = |n: u64| IngestRequest {
+/// One `{"n":N}` event for stream `idle`.
+fn msg(n: u64) -> IngestRequest {
+    IngestRequest {
         stream: "idle".into(),
         events: vec![Event {
             payload: format!("{{\"n\":{n}}}").into(),
             ..Default::default()
         }],
         return_ids: false,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_end_with_unavailable_at_shutdown_and_acked_events_are_delivered() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("node");
+    let mut served = spawn_serve(&dir, free_addr(), free_addr(), &[]).await;
+    let pid = served.child.id().unwrap();
     // A bidi stream and a client stream, each with one message acked, then idle.
     let (bidi_tx, bidi_rx) = tokio::sync::mpsc::channel(4);
     let mut bidi_client = grpc_client(served.http);
@@ -473,14 +477,6 @@ async fn an_idle_stream_ends_at_idle_timeout_and_frees_its_permit() {
         NodeOptions::default(),
     )
     .await;
-    let msg = |n: u64| IngestRequest {
-        stream: "idle".into(),
-        events: vec![Event {
-            payload: format!("{{\"n\":{n}}}").into(),
-            ..Default::default()
-        }],
-        return_ids: false,
-    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(msg(1)).await.unwrap();
     let mut client = grpc_client(node.node.http_addr);

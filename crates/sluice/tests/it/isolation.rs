@@ -22,15 +22,7 @@ async fn node_in(root: &Path, keys_toml: &str, flags: &[(&str, &str)]) -> TestNo
     std::fs::create_dir_all(&data).unwrap();
     let mut config = test_config(&data, flags);
     if !keys_toml.is_empty() {
-        let file = root.join("keys.toml");
-        std::fs::write(&file, keys_toml).unwrap();
-        let from_file = sluice_server::Config::load(sluice_server::config::Sources {
-            file: Some(&file),
-            env: Vec::new(),
-            flags: Vec::new(),
-        })
-        .unwrap();
-        config.auth = from_file.auth;
+        auth_from_toml(&mut config, root, keys_toml);
     }
     // The caller's root owns the files; the temp dir only keeps the type happy.
     start_config(config, tempfile::tempdir().unwrap(), NodeOptions::default()).await
@@ -42,15 +34,8 @@ fn data_dir(root: &Path) -> PathBuf {
 
 /// A key for `streams`: (bearer token, its TOML).
 fn api_key(name: &str, streams: &[&str]) -> (String, String) {
-    let (key, hash) = sluice_server::auth::generate_key();
-    let streams: Vec<String> = streams.iter().map(|s| format!("{s:?}")).collect();
-    (
-        format!("Bearer {key}"),
-        format!(
-            "[[auth.keys]]\nname = {name:?}\nsha256 = \"{hash}\"\nstreams = [{}]\n",
-            streams.join(", ")
-        ),
-    )
+    let (key, toml) = key_toml(name, streams, "");
+    (format!("Bearer {key}"), toml)
 }
 
 fn authed<T>(msg: T, bearer: &str) -> tonic::Request<T> {

@@ -93,6 +93,33 @@ pub fn add_key(config: &mut Config, events_per_s: Option<u64>) -> String {
     key
 }
 
+/// A new API key for `streams`: (the key, its `[[auth.keys]]` TOML, with `extra`
+/// lines such as `events_per_s = 10`).
+pub fn key_toml(name: &str, streams: &[&str], extra: &str) -> (String, String) {
+    let (key, hash) = sluice_server::auth::generate_key();
+    let streams: Vec<String> = streams.iter().map(|s| format!("{s:?}")).collect();
+    let toml = format!(
+        "[[auth.keys]]\nname = {name:?}\nsha256 = \"{hash}\"\nstreams = [{}]\n{extra}\n",
+        streams.join(", ")
+    );
+    (key, toml)
+}
+
+/// Gives `config` the `[auth]` and `[limits]` of `toml`, loaded the way a node
+/// loads its file (written to `dir/keys.toml`).
+pub fn auth_from_toml(config: &mut Config, dir: &Path, toml: &str) {
+    let file = dir.join("keys.toml");
+    std::fs::write(&file, toml).unwrap();
+    let from_file = Config::load(Sources {
+        file: Some(&file),
+        env: Vec::new(),
+        flags: Vec::new(),
+    })
+    .unwrap();
+    config.auth = from_file.auth;
+    config.limits = from_file.limits;
+}
+
 impl TestNode {
     pub fn out_dir(&self, stream: &str) -> PathBuf {
         self.dir.path().join("out").join(stream)

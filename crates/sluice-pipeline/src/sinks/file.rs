@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::path::Component;
@@ -43,12 +44,31 @@ struct Inner {
     root: PathBuf,
     max_file_bytes: u64,
     keep_page_cache: bool,
-    streams: Mutex<HashMap<String, Arc<Mutex<Option<StreamFile>>>>>,
+    streams: Mutex<HashMap<String, Arc<Stream>>>,
+}
+
+/// One stream's output: the open file, and how far it is known to be on disk.
+#[derive(Default)]
+struct Stream {
+    slot: Mutex<Slot>,
+    /// Held while an fdatasync runs: one at a time, others wait to see if it covered them.
+    sync: Mutex<()>,
+    /// Bytes (counted since the sink started) known to be on disk.
+    durable: AtomicU64,
+    /// Bytes up to here were written through a file that then failed.
+    failed: AtomicU64,
+}
+
+#[derive(Default)]
+struct Slot {
+    file: Option<StreamFile>,
+    /// Bytes written to the stream since the sink started (over every file).
+    logical: u64,
 }
 
 struct StreamFile {
     dir: PathBuf,
-    file: File,
+    file: Arc<File>,
     index: u64,
     size: u64,
 }
@@ -127,45 +147,127 @@ impl Sink for FileSink {
 }
 
 impl Inner {
+    /// Appends `buf` to the stream's newest file and returns once it is on disk.
+    ///
+    /// Group commit: the write happens under the stream's file lock, the fdatasync
+    /// outside it, one at a time, and one fdatasync covers every write finished
+    /// before it began. Concurrent deliveries to one stream (the processor's
+    /// workers) therefore share syncs instead of queueing one sync each behind the
+    /// lock (measured: NDJSON delivery went from ~0.55M to ~xM events/s, RESULTS).
     fn write(&self, stream: &str, buf: &[u8]) -> Result<(), SinkError> {
-        let slot = self
+        let s = self
             .streams
             .lock()
             .expect("file sink lock poisoned")
             .entry(stream.to_string())
             .or_default()
             .clone();
-        let mut slot = slot.lock().expect("file sink stream lock poisoned");
         let dir =
             stream_dir(&self.root, stream).map_err(|message| SinkError::Permanent { message })?;
         let retry = |what: &str, e: std::io::Error| {
             SinkError::retryable(format!("file sink: {what} under {}: {e}", dir.display()))
         };
-        if slot.is_none() {
-            *slot = Some(StreamFile::open(&dir).map_err(|e| retry("opening", e))?);
-        }
-        let f = slot.as_mut().expect("opened above");
-        let written = f.file.write_all(buf).and_then(|()| f.file.sync_data());
-        if let Err(e) = written {
-            // Drop the handle: reopening truncates whatever partial line we left.
-            *slot = None;
-            return Err(retry("writing", e));
-        }
+        // 1. Write, under the file lock.
+        let (file, offset, end) = {
+            let mut slot = s.slot.lock().expect("file sink stream lock poisoned");
+            if slot.file.is_none() {
+                slot.file = Some(StreamFile::open(&dir).map_err(|e| retry("opening", e))?);
+            }
+            let f = slot.file.as_mut().expect("opened above");
+            let written = (&*f.file).write_all(buf);
+            if let Err(e) = written {
+                // Drop the handle: reopening truncates whatever partial line we left.
+                s.reset(&mut slot);
+                return Err(retry("writing", e));
+            }
+            let (file, offset) = (f.file.clone(), f.size);
+            f.size += buf.len() as u64;
+            let full = f.size >= self.max_file_bytes;
+            let next = f.index + 1;
+            slot.logical += buf.len() as u64;
+            let end = slot.logical;
+            if full {
+                // The old file is synced whole before the new one takes writes, so
+                // a sync of the new file covers everything written before it.
+                if let Err(e) = file.sync_data() {
+                    s.reset(&mut slot);
+                    return Err(retry("writing", e));
+                }
+                s.durable.fetch_max(end, Ordering::AcqRel);
+                match StreamFile::create(&dir, next) {
+                    Ok(f) => slot.file = Some(f),
+                    Err(e) => {
+                        slot.file = None;
+                        return Err(retry("rotating", e));
+                    }
+                }
+            }
+            (file, offset, end)
+        };
+        // 2. Sync, or find that a sync begun after the write covered it.
+        s.sync_to(end).map_err(|e| retry("writing", e))?;
         if !self.keep_page_cache {
             // Advice only: a failure costs memory, never data.
             let _ = rustix::fs::fadvise(
-                &f.file,
-                f.size,
+                &*file,
+                offset,
                 std::num::NonZeroU64::new(buf.len() as u64),
                 rustix::fs::Advice::DontNeed,
             );
         }
-        f.size += buf.len() as u64;
-        if f.size >= self.max_file_bytes {
-            let next = StreamFile::create(&dir, f.index + 1).map_err(|e| retry("rotating", e))?;
-            *slot = Some(next);
-        }
         Ok(())
+    }
+}
+
+impl Stream {
+    /// Returns once the stream's bytes up to `end` (counted since the sink started)
+    /// are on disk, syncing the file if no sync covered them yet; `Err` if the sync
+    /// that should have covered them, or a write before it, failed.
+    fn sync_to(&self, end: u64) -> std::io::Result<()> {
+        let _one_at_a_time = self.sync.lock().expect("file sink sync lock poisoned");
+        if self.durable.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        let failed = || std::io::Error::other("an earlier write or fdatasync of this file failed");
+        if self.failed.load(Ordering::Acquire) >= end {
+            return Err(failed());
+        }
+        let (file, upto) = {
+            let slot = self.slot.lock().expect("file sink stream lock poisoned");
+            match &slot.file {
+                Some(f) => (f.file.clone(), slot.logical),
+                // Reset since our write: the write's fate is unknown.
+                None => return Err(failed()),
+            }
+        };
+        match file.sync_data() {
+            Ok(()) => {
+                self.durable.fetch_max(upto, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(e) => {
+                // Linux may drop the pages whose writeback failed: nothing written so
+                // far is known to be on disk, and a later sync must not claim it is.
+                let mut slot = self.slot.lock().expect("file sink stream lock poisoned");
+                if slot
+                    .file
+                    .as_ref()
+                    .is_some_and(|f| Arc::ptr_eq(&f.file, &file))
+                {
+                    self.reset(&mut slot);
+                } else {
+                    self.failed.fetch_max(upto, Ordering::AcqRel);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops the open file after a failure; every byte written through it so far
+    /// counts as failed (reopening truncates a partial line, the queue redelivers).
+    fn reset(&self, slot: &mut Slot) {
+        slot.file = None;
+        self.failed.fetch_max(slot.logical, Ordering::AcqRel);
     }
 }
 
@@ -200,7 +302,7 @@ impl StreamFile {
         }
         Ok(StreamFile {
             dir: dir.to_path_buf(),
-            file,
+            file: Arc::new(file),
             index,
             size,
         })
@@ -220,7 +322,7 @@ impl StreamFile {
         let size = file.metadata()?.len();
         Ok(StreamFile {
             dir: dir.to_path_buf(),
-            file,
+            file: Arc::new(file),
             index,
             size,
         })
@@ -329,6 +431,46 @@ mod tests {
             "ok/ and its one file: {:?}",
             tree(&root)
         );
+    }
+
+    /// Group commit: deliveries racing on one stream (the processor's workers) share
+    /// fdatasyncs and rotations, and every line of every delivery that returned Ok is
+    /// in the files, whole, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_deliveries_to_one_stream_all_land_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(root.path(), 64 * 1024);
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    for d in 0..40 {
+                        let events: Vec<Event> = (0..25)
+                            .map(|i| {
+                                let body = format!("{{\"t\":{t},\"d\":{d},\"i\":{i}}}");
+                                Event::new("clicks", Bytes::from(body))
+                            })
+                            .collect();
+                        sink.deliver(&events).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let dir = sink.stream_dir("clicks");
+        assert!(
+            std::fs::read_dir(&dir).unwrap().count() > 10,
+            "rotated many times"
+        );
+        let mut seen = std::collections::HashSet::new();
+        for l in read_lines(&dir) {
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            let key = v["data"].to_string();
+            assert!(seen.insert(key), "written once: {l}");
+        }
+        assert_eq!(seen.len(), 8 * 40 * 25);
     }
 
     #[tokio::test]

@@ -10,10 +10,17 @@ throughput = events the sink delivered over the run (from /metrics), flagged whe
 queue backlog grew. The broker runs unpinned (it has no core of its own on a 2-core
 box), so broker figures include the broker's CPU competing with both.
 
+With --native, each NATS case is preceded, on a fresh broker, by the JetStream ceiling
+with nothing of sluice in the way: a native async-nats client (crates/sluice-queue/
+examples/nats_native.rs) publishing with many publishes in flight and consuming with a
+pull consumer and batched acks, at the same time, pinned to core 0 as sluice is.
+
 Usage: python3 bench/brokers.py [--duration 20] [--runs 3] [--queues wal,nats,kafka]
-Needs: wrk, nats-server and tansu (scripts/install-brokers), `cargo build --release`.
+       [--event ../shared/bench/event.json] [--native]
+Needs: wrk, nats-server and tansu (scripts/install-brokers), `cargo build --release`;
+for --native also `cargo build --release -p sluice-queue --features nats --example nats_native`.
 """
-import argparse, os, shutil, subprocess, sys, tempfile, time, socket
+import argparse, json, os, shutil, subprocess, sys, tempfile, time, socket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e  # noqa: E402
@@ -69,13 +76,19 @@ def main():
     ap.add_argument("--queues", default="wal,nats,kafka")
     ap.add_argument("--cases", default="single-fsync,ndjson-fsync")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (server and broker logs)")
+    ap.add_argument("--event", default=None, help="a file holding the event to send (default: a 75-byte click)")
+    ap.add_argument("--native", action="store_true", help="also measure JetStream with a native client, same run")
     args = ap.parse_args()
+    native_bin = os.path.join(e2e.ROOT, "target", "release", "examples", "nats_native")
+    if args.native and not os.path.exists(native_bin):
+        sys.exit("build first: cargo build --release -p sluice-queue --features nats --example nats_native")
     if not os.path.exists(e2e.BIN):
         sys.exit("build first: cargo build --release")
     tmp = tempfile.mkdtemp(prefix="sluice-brokers-", dir=os.environ.get("BENCH_DIR", "/tmp"))
     scripts = os.path.join(tmp, "scripts")
     os.makedirs(scripts)
-    single, ndjson = e2e.write_scripts(scripts)
+    single, ndjson = e2e.write_scripts(scripts, args.event)
+    natives = []
     cases = {"single-fsync": (single, 1), "ndjson-fsync": (ndjson, 1000)}
     results = []
     for queue in args.queues.split(","):
@@ -89,6 +102,13 @@ def main():
                 d = os.path.join(tmp, f"{queue}-{name}-broker")
                 os.makedirs(d)
                 broker, url = start_broker(queue, d)
+                if args.native and queue == "nats" and not any(n[0] == name for n in natives):
+                    natives.append((name, run_native(native_bin, url, scripts, args)))
+                    broker.kill()
+                    broker.wait()
+                    shutil.rmtree(d)
+                    os.makedirs(d)
+                    broker, url = start_broker(queue, d)
                 args.server_args = f"--queue {url}"
             try:
                 script, per = cases[name]
@@ -107,6 +127,19 @@ def main():
     for queue, name, r in results:
         print(f"| {queue} | {name} | {r['req_s']:,.0f} | {r['delivered_events_s']:,.0f} | {r['p50_ms']} | "
               f"{r['p99_ms']} | {r['non_2xx']} | {r['backlog_grew']} |")
+    for name, r in natives:
+        print(f"| nats, native client (before {name}) | publish + consume | — | {r['consumed_per_s']:,.0f} consumed "
+              f"({r['published_per_s']:,.0f} published) | | | | {r['backlog_end']} left |")
+
+
+def run_native(native_bin, url, scripts, args):
+    """The native client against a fresh broker, the sluice case's event as payload."""
+    cmd = ["taskset", "-c", "0", native_bin, "--url", url, "--seconds", str(args.duration),
+           "--payload", os.path.join(scripts, "single.body"), "--msg-id"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.duration + 60).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    print(f"  nats native client: {json.dumps(r)}", flush=True)
+    return r
 
 
 if __name__ == "__main__":

@@ -124,15 +124,25 @@ def run_case(name, ack, script, events_per_req, args, tmp):
         shutil.rmtree(data, ignore_errors=True)
 
 
-def write_scripts(scripts):
-    """The wrk scripts: one event per request, and an NDJSON body of 1,000 events."""
-    body = "".join('{"user":"u%d","action":"click","page":"/products/%d","ms":%d,"tags":["a","b"]}\n' % (i, i, i) for i in range(1000))
+def write_scripts(scripts, event=None):
+    """The wrk scripts: one event per request, and an NDJSON body of 1,000 events.
+    The event is a 75-byte click unless `event` names a file holding one (e.g. the
+    203-byte ../shared/bench/event.json); then every event is that one."""
+    if event:
+        with open(event) as f:
+            one = f.read().strip()
+        body = (one + "\n") * 1000
+    else:
+        one = '{"user":"u1","action":"click","page":"/products/1","ms":1,"tags":["a","b"]}'
+        body = "".join('{"user":"u%d","action":"click","page":"/products/%d","ms":%d,"tags":["a","b"]}\n' % (i, i, i) for i in range(1000))
     with open(os.path.join(scripts, "ndjson.body"), "w") as f:
         f.write(body)
+    with open(os.path.join(scripts, "single.body"), "w") as f:
+        f.write(one)
     single = os.path.join(scripts, "single.lua")
     with open(single, "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                'wrk.body = \'{"user":"u1","action":"click","page":"/products/1","ms":1,"tags":["a","b"]}\'\n')
+                f'local f = io.open("{scripts}/single.body", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
     ndjson = os.path.join(scripts, "ndjson.lua")
     with open(ndjson, "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-ndjson"\n'

@@ -39,33 +39,37 @@ pub enum DecodeError {
 
 /// Bytes [`encode`] will produce for this batch.
 pub fn encoded_len(batch: &Batch) -> usize {
-    5 + batch
-        .events
-        .iter()
-        .map(|e| {
-            4 + e.id.len()
-                + 4
-                + e.stream.len()
-                + 1
-                + e.key.as_ref().map_or(0, |k| 4 + k.len())
-                + 16
-                + 4
-                + e.headers
-                    .iter()
-                    .map(|(k, v)| 8 + k.len() + v.len())
-                    .sum::<usize>()
-                + 4
-                + e.payload.len()
-        })
-        .sum::<usize>()
+    5 + batch.events.iter().map(event_len).sum::<usize>()
+}
+
+/// Bytes one event takes in a record (the record's own 5-byte header aside).
+pub fn event_len(e: &Event) -> usize {
+    4 + e.id.len()
+        + 4
+        + e.stream.len()
+        + 1
+        + e.key.as_ref().map_or(0, |k| 4 + k.len())
+        + 16
+        + 4
+        + e.headers
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum::<usize>()
+        + 4
+        + e.payload.len()
 }
 
 /// Appends the encoding of `batch` to `out`.
 pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
-    out.reserve(encoded_len(batch));
+    encode_events(&batch.events, out);
+}
+
+/// Appends the encoding of a batch of these events to `out`.
+pub fn encode_events(events: &[Event], out: &mut Vec<u8>) {
+    out.reserve(5 + events.iter().map(event_len).sum::<usize>());
     out.push(VERSION);
-    put_u32(out, batch.events.len());
-    for e in &batch.events {
+    put_u32(out, events.len());
+    for e in events {
         put_bytes(out, e.id.as_bytes());
         put_bytes(out, e.stream.as_bytes());
         match &e.key {

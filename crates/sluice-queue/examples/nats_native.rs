@@ -1,6 +1,6 @@
 //! The JetStream ceiling on this machine, with nothing of sluice in the way: a native
-//! async-nats publisher keeping many publishes in flight and a pull consumer acking in
-//! batches, against a stream laid out as sluice's (work-queue retention, file storage,
+//! async-nats publisher keeping many publishes in flight and a pull consumer whose
+//! acks are sent without waiting (batched on the connection), against a stream laid out as sluice's (work-queue retention, file storage,
 //! discard new). `bench/brokers.py` runs it beside `sluice serve --queue nats://` so
 //! the two are compared in the same run.
 //!
@@ -81,7 +81,9 @@ async fn main() {
             "native",
             consumer::pull::Config {
                 durable_name: Some("native".into()),
-                ack_policy: consumer::AckPolicy::All,
+                // A work-queue stream requires explicit acks: one per message, sent
+                // without waiting (the client batches them on the connection).
+                ack_policy: consumer::AckPolicy::Explicit,
                 max_ack_pending: 1_000_000,
                 ..Default::default()
             },
@@ -139,23 +141,15 @@ async fn main() {
             .await
             .expect("pulling");
         let (mut seen, mut at_warmup) = (0u64, None);
-        let mut last = None;
         while Instant::now() < end {
             let next = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
             if let Ok(Some(m)) = next {
-                last = Some(m.expect("a message"));
+                m.expect("a message").ack().await.expect("ack");
                 seen += 1;
-                // AckPolicy::All: one ack covers every message before it.
-                if seen % 1000 == 0 {
-                    last.take().expect("set").ack().await.expect("ack");
-                }
             }
             if at_warmup.is_none() && start.elapsed() >= warmup {
                 at_warmup = Some(seen);
             }
-        }
-        if let Some(m) = last {
-            m.ack().await.expect("ack");
         }
         seen - at_warmup.unwrap_or(0)
     });

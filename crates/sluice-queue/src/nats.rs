@@ -10,12 +10,20 @@
 //!
 //! - **Layout.** One JetStream stream (`stream`, default `SLUICE`) holds every sluice
 //!   stream; an event of stream `clicks` is published on `sluice.events.clicks`
-//!   (`subject_prefix`). Each event is one message: the payload verbatim, the other
-//!   fields in headers ([`sluice_proto::broker`]), and `Nats-Msg-Id` = an id sluice
-//!   makes for this append (below). No producer header reaches JetStream as control:
+//!   (`subject_prefix`). An append of one event is one message: the payload
+//!   verbatim, the other fields in headers ([`sluice_proto::broker`]), and
+//!   `Nats-Msg-Id` = an id sluice makes for this append (below). An append of several
+//!   events (an NDJSON body, a gRPC message) is one *batch message* per run of one
+//!   stream's events that fits the server's `max_payload`: header `sluice-batch: 1`,
+//!   the payload sluice's versioned record encoding (see [`sluice_proto::broker`]).
+//!   JetStream stores, acks and delivers per message, and on this project's machine
+//!   its own ceiling was ~48k messages/s, so a message per event capped 1,000-event
+//!   requests at that many events/s (bench/RESULTS.md). A poll may hand out up to one
+//!   message's events more than asked for, and the queue depth (`depth_events`)
+//!   counts messages. No producer header reaches JetStream as control:
 //!   [`message_headers`] refuses `Nats-*`, sluice's own names and malformed headers
 //!   (ingest refused them already), and rewrites nothing.
-//! - **Acks.** `append` publishes every event and resolves once JetStream has acked
+//! - **Acks.** `append` publishes every message and resolves once JetStream has acked
 //!   each one (stored on `replicas` servers; on disk per the server's `sync_interval`).
 //!   A batch is not atomic in JetStream: when some publishes fail the producer gets
 //!   503 and retries, and the retry is a new append.
@@ -147,6 +155,49 @@ pub fn decode_message(m: &async_nats::Message) -> Result<Event, broker::DecodeEr
     )
 }
 
+/// The events of a message: a batch message's ([`broker::decode_batch`]; its only
+/// headers are `Nats-*`, [`broker::BATCH`] = 1 and [`broker::STREAM`], once each), or
+/// the one event of any other.
+pub fn decode_messages(m: &async_nats::Message) -> Result<Vec<Event>, broker::DecodeError> {
+    let is_batch = m.headers.as_ref().is_some_and(|h| {
+        h.iter()
+            .any(|(k, _)| AsRef::<str>::as_ref(k) == broker::BATCH)
+    });
+    if !is_batch {
+        return decode_message(m).map(|e| vec![e]);
+    }
+    let (mut version, mut stream) = (None, None);
+    for (name, value) in header_pairs(m) {
+        let slot = match name {
+            broker::BATCH => &mut version,
+            broker::STREAM => &mut stream,
+            n if n.starts_with("Nats-") => continue,
+            n => {
+                return Err(broker::DecodeError::Batch(format!(
+                    "unexpected header {:?}",
+                    n.chars().take(64).collect::<String>()
+                )))
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(broker::DecodeError::Duplicate(if name == broker::BATCH {
+                broker::BATCH
+            } else {
+                broker::STREAM
+            }));
+        }
+    }
+    if version != Some(broker::BATCH_VERSION) {
+        return Err(broker::DecodeError::Batch(format!(
+            "layout version {:?} is not {}",
+            version.unwrap_or("").chars().take(16).collect::<String>(),
+            broker::BATCH_VERSION
+        )));
+    }
+    let stream = stream.ok_or(broker::DecodeError::Missing(broker::STREAM))?;
+    broker::decode_batch(stream, m.payload.clone())
+}
+
 /// NATS JetStream behind the [`Queue`] trait. See the module docs.
 pub struct NatsQueue {
     client: async_nats::Client,
@@ -163,6 +214,29 @@ pub struct NatsQueue {
 const MAX_IN_FLIGHT: usize = 32 * 1024;
 /// Publishes of one request taken together against that bound.
 const PUBLISH_CHUNK: usize = 1024;
+
+/// Room left in a batch message for its headers under the server's `max_payload`
+/// (NATS counts headers and payload together).
+const BATCH_HEADROOM: usize = 512;
+
+/// The events split into runs of one stream whose record encoding fits in `limit`
+/// bytes (an event larger than that alone is a run of its own: the server refuses it).
+fn batch_chunks(events: &[Event], limit: usize) -> Vec<&[Event]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut size) = (0, 5);
+    for (i, e) in events.iter().enumerate() {
+        let len = sluice_proto::record::event_len(e);
+        if i > start && (e.stream != events[start].stream || size + len > limit) {
+            chunks.push(&events[start..i]);
+            (start, size) = (i, 5);
+        }
+        size += len;
+    }
+    if start < events.len() {
+        chunks.push(&events[start..]);
+    }
+    chunks
+}
 
 /// The stream's figures, refreshed in the background (stats() cannot wait).
 #[derive(Default)]
@@ -200,6 +274,9 @@ impl NatsQueue {
     /// permits one publish at a time while holding earlier ones deadlocks concurrent
     /// requests once the bound is reached: each holds part and waits for the rest.)
     async fn publish_all(&self, batch: &Batch) -> Result<(), AppendError> {
+        if batch.len() > 1 {
+            return self.publish_batches(batch).await;
+        }
         // Refuse the whole batch before anything is sent (ingest checked already).
         let mut msg_ids = sluice_core::new_event_ids(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
@@ -219,6 +296,55 @@ impl NatsQueue {
                 .map_err(|_| AppendError::ShuttingDown)?;
             self.publish_chunk(chunk, messages.by_ref().take(chunk.len()))
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a batch as batch messages ([`broker::BATCH`]): one per run of one
+    /// stream's events, each within the server's `max_payload`, all in flight at once.
+    async fn publish_batches(&self, batch: &Batch) -> Result<(), AppendError> {
+        for (i, e) in batch.events.iter().enumerate() {
+            broker::check_event(e).map_err(|err| AppendError::Backend {
+                message: format!("event {} cannot be published: {err}", i + 1),
+            })?;
+        }
+        let limit = self
+            .client
+            .server_info()
+            .max_payload
+            .saturating_sub(BATCH_HEADROOM)
+            .max(1);
+        let chunks = batch_chunks(&batch.events, limit);
+        let _permits = self
+            .in_flight
+            .acquire_many(chunks.len().min(MAX_IN_FLIGHT) as u32)
+            .await
+            .map_err(|_| AppendError::ShuttingDown)?;
+        let mut msg_ids = sluice_core::new_event_ids(chunks.len());
+        let mut acks = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let stream = &chunk[0].stream;
+            let mut payload = Vec::new();
+            sluice_proto::record::encode_events(chunk, &mut payload);
+            let mut h = HeaderMap::new();
+            h.insert(
+                "Nats-Msg-Id",
+                msg_ids.next().expect("one id per chunk").as_str(),
+            );
+            h.insert(broker::BATCH, broker::BATCH_VERSION);
+            h.insert(broker::STREAM, &**stream);
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .headers(h);
+            let ack = self
+                .js
+                .send_publish(subject_for(&self.opts.subject_prefix, stream), msg)
+                .await
+                .map_err(publish_error)?;
+            acks.push(std::future::IntoFuture::into_future(ack));
+        }
+        for r in futures_util::future::join_all(acks).await {
+            r.map_err(publish_error)?;
         }
         Ok(())
     }
@@ -524,10 +650,10 @@ impl Consumer for NatsConsumer {
                     (m.split().0, reply)
                 };
                 let Some(reply) = acker_reply else { continue };
-                match decode_message(&m) {
-                    Ok(e) => {
-                        events.push(e);
-                        attempts.push(delivered);
+                match decode_messages(&m) {
+                    Ok(batch) => {
+                        attempts.extend(std::iter::repeat_n(delivered, batch.len()));
+                        events.extend(batch);
                         replies.push(reply);
                     }
                     Err(e) => {

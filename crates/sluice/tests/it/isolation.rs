@@ -304,9 +304,15 @@ async fn tampered_jetstream_messages_are_dead_lettered_not_written() {
     publish(&[], "not json").await;
     // Every header right, but a payload the file sink would write as a broken line.
     publish(&[base[0], base[1], ("sluice-stream", "web")], "{\"n\":").await;
+    // Batch messages: a payload that is no record, a layout version there is not, a
+    // batch header with another header beside it.
+    let batch = [("sluice-batch", "1"), ("sluice-stream", "web")];
+    publish(&batch, "{\"n\":3}").await;
+    publish(&[("sluice-batch", "2"), ("sluice-stream", "web")], "{}").await;
+    publish(&[batch[0], batch[1], ("trace", "x")], "{}").await;
     let dead = data_dir(root.path()).join("dead").join("_quarantine");
     assert!(
-        wait_until(Duration::from_secs(20), || sink_lines(&dead).len() >= 4).await,
+        wait_until(Duration::from_secs(20), || sink_lines(&dead).len() >= 7).await,
         "quarantined: {:?}",
         files(root.path())
     );
@@ -326,6 +332,9 @@ async fn tampered_jetstream_messages_are_dead_lettered_not_written() {
         "more than once",
         "no sluice-id",
         "payload is refused",
+        "batch message is refused: record",
+        "layout version",
+        "unexpected header",
     ] {
         assert!(
             reasons.iter().any(|r| r.contains(needle)),
@@ -337,7 +346,7 @@ async fn tampered_jetstream_messages_are_dead_lettered_not_written() {
     let m = node.metrics().await;
     assert_eq!(
         metric(&m, "sluice_dead_lettered_events_total{sink=\"file\"}"),
-        4.0
+        7.0
     );
     // Acked: a fresh consumer of the same group finds nothing left.
     node.node.shutdown();

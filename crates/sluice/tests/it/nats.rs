@@ -163,3 +163,60 @@ async fn events_the_nats_sink_refuses_are_dead_lettered() {
     node.node.shutdown();
     node.node.wait().await;
 }
+
+/// An append of many events travels as batch messages: one JetStream message for a
+/// 500-event request, several when it passes the server's `max_payload` (each
+/// within it), and a consumer gets every event back in order, once; committing acks
+/// them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_many_events_is_one_message_or_a_few() {
+    let Some(nats) = NatsServer::start_with("max_payload: 65536").await else {
+        return;
+    };
+    let q = NatsQueue::connect(NatsOptions {
+        url: nats.url(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = async_nats::connect(nats.url().as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("SLUICE").await.unwrap();
+    // ~40 KB: one message.
+    let small: Vec<Event> = (0..500)
+        .map(|i| Event::new("web", format!("{{\"i\":{i}}}")))
+        .collect();
+    q.append(Batch::new(small.clone())).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    // ~260 KB of events: past 64 KiB, so split, each message within the limit.
+    let pad = "p".repeat(200);
+    let big: Vec<Event> = (0..1000)
+        .map(|i| Event::new("web", format!("{{\"i\":{i},\"pad\":\"{pad}\"}}")))
+        .collect();
+    q.append(Batch::new(big.clone())).await.unwrap();
+    let messages = stream.info().await.unwrap().state.messages;
+    assert!((1 + 5..=1 + 6).contains(&messages), "{messages} messages");
+    let c = q.consumer("g").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 1500 {
+        let d = c
+            .poll(5000, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .expect("events");
+        assert_eq!(d.attempts.len(), d.events.len());
+        assert!(d.attempts.iter().all(|&a| a == 1));
+        got.extend(d.events);
+        c.commit(d.token).await.unwrap();
+    }
+    let want: Vec<Event> = small.into_iter().chain(big).collect();
+    assert_eq!(got, want, "every event, in order, once");
+    assert!(
+        wait_until_async(Duration::from_secs(5), || {
+            let mut s = stream.clone();
+            async move { s.info().await.unwrap().state.messages == 0 }
+        })
+        .await,
+        "committing acked every message"
+    );
+}

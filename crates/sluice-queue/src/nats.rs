@@ -10,12 +10,14 @@
 //!
 //! - **Layout.** One JetStream stream (`stream`, default `SLUICE`) holds every sluice
 //!   stream; an event of stream `clicks` is published on `sluice.events.clicks`
-//!   (`subject_prefix`). An append of one event is one message: the payload
-//!   verbatim, the other fields in headers ([`sluice_proto::broker`]), and
-//!   `Nats-Msg-Id` = an id sluice makes for this append (below). An append of several
-//!   events (an NDJSON body, a gRPC message) is one *batch message* per run of one
-//!   stream's events that fits the server's `max_payload`: header `sluice-batch: 1`,
-//!   the payload sluice's versioned record encoding (see [`sluice_proto::broker`]).
+//!   (`subject_prefix`). A lone event is one message: the payload verbatim, the other
+//!   fields in headers ([`sluice_proto::broker`]), and `Nats-Msg-Id` = an id sluice
+//!   makes for this publish (below). An append of several events (an NDJSON body, a
+//!   gRPC message) is one *batch message* per run of one stream's events that fits
+//!   the server's `max_payload`: header `sluice-batch: 1`, the payload sluice's
+//!   versioned record encoding (see [`sluice_proto::broker`]). Single-event appends
+//!   that arrive while earlier ones are being published are published together, as
+//!   one batch message per stream ([`coalesce`], a group commit for the broker).
 //!   JetStream stores, acks and delivers per message, and on this project's machine
 //!   its own ceiling was ~48k messages/s, so a message per event capped 1,000-event
 //!   requests at that many events/s (bench/RESULTS.md). A poll may hand out up to one
@@ -208,12 +210,158 @@ pub struct NatsQueue {
     in_flight: tokio::sync::Semaphore,
     closed: AtomicBool,
     refresher: tokio::task::JoinHandle<()>,
+    coalescer: Arc<Coalescer>,
+    coalescing: tokio::task::JoinHandle<()>,
 }
 
 /// Most publishes awaiting a JetStream ack at once (bounds the client's memory).
 const MAX_IN_FLIGHT: usize = 32 * 1024;
 /// Publishes of one request taken together against that bound.
 const PUBLISH_CHUNK: usize = 1024;
+
+/// Single-event appends waiting for the [`coalesce`] task.
+#[derive(Default)]
+struct Coalescer {
+    pending: Mutex<Vec<(Event, tokio::sync::oneshot::Sender<Result<(), AppendError>>)>>,
+    wake: tokio::sync::Notify,
+}
+
+/// Group commit for single-event appends: takes every event waiting, publishes them
+/// as one message per stream (a batch message when there are several, the
+/// one-event layout for a lone one), and answers each append with the outcome of
+/// its message; the appends arriving meanwhile form the next group. JetStream's
+/// cost is per message, so concurrent single-event requests share it.
+async fn coalesce(
+    js: jetstream::Context,
+    client: async_nats::Client,
+    opts: NatsOptions,
+    c: Arc<Coalescer>,
+) {
+    loop {
+        c.wake.notified().await;
+        loop {
+            let mut group =
+                std::mem::take(&mut *c.pending.lock().expect("coalescer lock poisoned"));
+            if group.is_empty() {
+                break;
+            }
+            // An append that gave up (its deadline passed, the producer heard 503)
+            // is not published late: pending holds only appends still waiting.
+            group.retain(|(_, tx)| !tx.is_closed());
+            // One run per stream; an append's own order is kept (stable sort).
+            group.sort_by(|a, b| a.0.stream.cmp(&b.0.stream));
+            let (events, waiters): (Vec<Event>, Vec<_>) = group.into_iter().unzip();
+            let mut results = Vec::with_capacity(events.len());
+            let mut start = 0;
+            while start < events.len() {
+                let end = start
+                    + events[start..]
+                        .iter()
+                        .take_while(|e| e.stream == events[start].stream)
+                        .count();
+                let run = &events[start..end];
+                let r = if let [one] = run {
+                    publish_one(&js, &opts, one).await
+                } else {
+                    publish_batch_messages(&js, &client, &opts, run).await
+                };
+                results.extend(run.iter().map(|_| share(&r)));
+                start = end;
+            }
+            for (w, r) in waiters.into_iter().zip(results) {
+                let _ = w.send(r);
+            }
+        }
+    }
+}
+
+/// The same outcome for another append of a shared message (`Full` hands back an
+/// empty batch: [`Queue::append`] puts the caller's own back).
+fn share(r: &Result<(), AppendError>) -> Result<(), AppendError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(AppendError::Full {
+            reason,
+            retry_after,
+            ..
+        }) => Err(AppendError::Full {
+            batch: Box::new(Batch::new(Vec::new())),
+            reason: reason.clone(),
+            retry_after: *retry_after,
+        }),
+        Err(AppendError::ShuttingDown) => Err(AppendError::ShuttingDown),
+        Err(AppendError::TooLarge { bytes, limit }) => Err(AppendError::TooLarge {
+            bytes: *bytes,
+            limit: *limit,
+        }),
+        Err(AppendError::Backend { message }) => Err(AppendError::Backend {
+            message: message.clone(),
+        }),
+    }
+}
+
+/// One event as one message (the one-event layout), acked.
+async fn publish_one(
+    js: &jetstream::Context,
+    opts: &NatsOptions,
+    e: &Event,
+) -> Result<(), AppendError> {
+    let id = sluice_core::new_event_ids(1).next().expect("one id");
+    let headers = message_headers(e, &id).map_err(|err| AppendError::Backend {
+        message: format!("event 1 cannot be published: {err}"),
+    })?;
+    let msg = jetstream::message::PublishMessage::build()
+        .payload(e.payload.clone())
+        .headers(headers);
+    js.send_publish(subject_for(&opts.subject_prefix, &e.stream), msg)
+        .await
+        .map_err(publish_error)?
+        .await
+        .map_err(publish_error)?;
+    Ok(())
+}
+
+/// Publishes events (checked by the caller) as batch messages: one per run of one
+/// stream's events within the server's `max_payload`, all in flight at once, acked.
+async fn publish_batch_messages(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    opts: &NatsOptions,
+    events: &[Event],
+) -> Result<(), AppendError> {
+    let limit = client
+        .server_info()
+        .max_payload
+        .saturating_sub(BATCH_HEADROOM)
+        .max(1);
+    let chunks = batch_chunks(events, limit);
+    let mut msg_ids = sluice_core::new_event_ids(chunks.len());
+    let mut acks = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let stream = &chunk[0].stream;
+        let mut payload = Vec::new();
+        sluice_proto::record::encode_events(chunk, &mut payload);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "Nats-Msg-Id",
+            msg_ids.next().expect("one id per chunk").as_str(),
+        );
+        h.insert(broker::BATCH, broker::BATCH_VERSION);
+        h.insert(broker::STREAM, &**stream);
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .headers(h);
+        let ack = js
+            .send_publish(subject_for(&opts.subject_prefix, stream), msg)
+            .await
+            .map_err(publish_error)?;
+        acks.push(std::future::IntoFuture::into_future(ack));
+    }
+    for r in futures_util::future::join_all(acks).await {
+        r.map_err(publish_error)?;
+    }
+    Ok(())
+}
 
 /// Room left in a batch message for its headers under the server's `max_payload`
 /// (NATS counts headers and payload together).
@@ -258,6 +406,13 @@ impl NatsQueue {
         let created = ensure_stream(&js, &opts).await?;
         let depth = Arc::new(Depth::default());
         let refresher = tokio::spawn(refresh(created, depth.clone()));
+        let coalescer = Arc::new(Coalescer::default());
+        let coalescing = tokio::spawn(coalesce(
+            js.clone(),
+            client.clone(),
+            opts.clone(),
+            coalescer.clone(),
+        ));
         Ok(NatsQueue {
             client,
             js,
@@ -266,6 +421,8 @@ impl NatsQueue {
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             closed: AtomicBool::new(false),
             refresher,
+            coalescer,
+            coalescing,
         })
     }
 
@@ -276,6 +433,9 @@ impl NatsQueue {
     async fn publish_all(&self, batch: &Batch) -> Result<(), AppendError> {
         if batch.len() > 1 {
             return self.publish_batches(batch).await;
+        }
+        if let [event] = &batch.events[..] {
+            return self.publish_coalesced(event).await;
         }
         // Refuse the whole batch before anything is sent (ingest checked already).
         let mut msg_ids = sluice_core::new_event_ids(batch.len());
@@ -308,45 +468,28 @@ impl NatsQueue {
                 message: format!("event {} cannot be published: {err}", i + 1),
             })?;
         }
-        let limit = self
-            .client
-            .server_info()
-            .max_payload
-            .saturating_sub(BATCH_HEADROOM)
-            .max(1);
-        let chunks = batch_chunks(&batch.events, limit);
         let _permits = self
             .in_flight
-            .acquire_many(chunks.len().min(MAX_IN_FLIGHT) as u32)
+            .acquire_many(batch.len().div_ceil(PUBLISH_CHUNK).min(MAX_IN_FLIGHT) as u32)
             .await
             .map_err(|_| AppendError::ShuttingDown)?;
-        let mut msg_ids = sluice_core::new_event_ids(chunks.len());
-        let mut acks = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let stream = &chunk[0].stream;
-            let mut payload = Vec::new();
-            sluice_proto::record::encode_events(chunk, &mut payload);
-            let mut h = HeaderMap::new();
-            h.insert(
-                "Nats-Msg-Id",
-                msg_ids.next().expect("one id per chunk").as_str(),
-            );
-            h.insert(broker::BATCH, broker::BATCH_VERSION);
-            h.insert(broker::STREAM, &**stream);
-            let msg = jetstream::message::PublishMessage::build()
-                .payload(payload.into())
-                .headers(h);
-            let ack = self
-                .js
-                .send_publish(subject_for(&self.opts.subject_prefix, stream), msg)
-                .await
-                .map_err(publish_error)?;
-            acks.push(std::future::IntoFuture::into_future(ack));
-        }
-        for r in futures_util::future::join_all(acks).await {
-            r.map_err(publish_error)?;
-        }
-        Ok(())
+        publish_batch_messages(&self.js, &self.client, &self.opts, &batch.events).await
+    }
+
+    /// A single-event append: the events of concurrent ones are published together
+    /// (see [`coalesce`]), and this resolves when the message holding its event is acked.
+    async fn publish_coalesced(&self, event: &Event) -> Result<(), AppendError> {
+        broker::check_event(event).map_err(|err| AppendError::Backend {
+            message: format!("event 1 cannot be published: {err}"),
+        })?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.coalescer
+            .pending
+            .lock()
+            .expect("coalescer lock poisoned")
+            .push((event.clone(), tx));
+        self.coalescer.wake.notify_one();
+        rx.await.unwrap_or(Err(AppendError::ShuttingDown))
     }
 
     async fn publish_chunk(
@@ -377,6 +520,7 @@ impl NatsQueue {
 impl Drop for NatsQueue {
     fn drop(&mut self) {
         self.refresher.abort();
+        self.coalescing.abort();
     }
 }
 

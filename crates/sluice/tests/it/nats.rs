@@ -220,3 +220,60 @@ async fn a_request_of_many_events_is_one_message_or_a_few() {
         "committing acked every message"
     );
 }
+
+/// Concurrent single-event appends share messages (group commit for the broker):
+/// 200 at once are acked, stored in fewer messages than events, and read back each
+/// once; an append of a bad event among them fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_event_appends_share_messages() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let q = std::sync::Arc::new(
+        NatsQueue::connect(NatsOptions {
+            url: nats.url(),
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let stream = if i % 2 == 0 { "a" } else { "b" };
+                let mut e = Event::new(stream, format!("{{\"i\":{i}}}"));
+                if i == 7 {
+                    e.headers = vec![("Nats-Rollup".into(), "all".into())];
+                }
+                (i, q.append(Batch::new(vec![e])).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        assert_eq!(r.is_err(), i == 7, "append {i}: {r:?}");
+    }
+    let client = async_nats::connect(nats.url().as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("SLUICE").await.unwrap();
+    let messages = stream.info().await.unwrap().state.messages;
+    assert!(messages < 199, "{messages} messages for 199 events");
+    let c = q.consumer("g").unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 199 {
+        let d = c
+            .poll(1000, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .expect("events");
+        for e in &d.events {
+            let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+            let i = v["i"].as_u64().unwrap();
+            assert_eq!(&*e.stream, if i % 2 == 0 { "a" } else { "b" });
+            assert!(seen.insert(i), "event {i} once");
+        }
+        c.commit(d.token).await.unwrap();
+    }
+    assert!(!seen.contains(&7));
+}

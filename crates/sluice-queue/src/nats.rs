@@ -219,10 +219,13 @@ const MAX_IN_FLIGHT: usize = 32 * 1024;
 /// Publishes of one request taken together against that bound.
 const PUBLISH_CHUNK: usize = 1024;
 
+/// Where a coalesced append hears the outcome of its message.
+type Answer = tokio::sync::oneshot::Sender<Result<(), AppendError>>;
+
 /// Single-event appends waiting for the [`coalesce`] task.
 #[derive(Default)]
 struct Coalescer {
-    pending: Mutex<Vec<(Event, tokio::sync::oneshot::Sender<Result<(), AppendError>>)>>,
+    pending: Mutex<Vec<(Event, Answer)>>,
     wake: tokio::sync::Notify,
 }
 

@@ -237,11 +237,11 @@ async fn concurrent_single_event_appends_share_messages() {
         .await
         .unwrap(),
     );
-    let tasks: Vec<_> = (0..200)
+    let tasks: Vec<_> = (0..200u64)
         .map(|i| {
             let q = q.clone();
             tokio::spawn(async move {
-                let stream = if i % 2 == 0 { "a" } else { "b" };
+                let stream = if i.is_multiple_of(2) { "a" } else { "b" };
                 let mut e = Event::new(stream, format!("{{\"i\":{i}}}"));
                 if i == 7 {
                     e.headers = vec![("Nats-Rollup".into(), "all".into())];
@@ -270,7 +270,7 @@ async fn concurrent_single_event_appends_share_messages() {
         for e in &d.events {
             let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
             let i = v["i"].as_u64().unwrap();
-            assert_eq!(&*e.stream, if i % 2 == 0 { "a" } else { "b" });
+            assert_eq!(&*e.stream, if i.is_multiple_of(2) { "a" } else { "b" });
             assert!(seen.insert(i), "event {i} once");
         }
         c.commit(d.token).await.unwrap();

@@ -19,7 +19,7 @@
 //! batch in sluice's record encoding ([`crate::record`], itself versioned by its
 //! first byte), all events of one stream (also in [`STREAM`]). A broker stores and
 //! acks messages, not bytes: on this project's machine JetStream's own ceiling was
-//! ~48k messages/s with a native client, so one message per event capped a
+//! ~30-50k messages/s with a native client, so one message per event capped a
 //! 1,000-event request at that many events/s. [`decode_batch`] checks every event
 //! as [`decode`] checks a message's, so a crafted batch is refused whole, never
 //! delivered in part. The broker *sinks* keep one message per event: they write for

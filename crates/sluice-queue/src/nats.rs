@@ -19,7 +19,7 @@
 //!   that arrive while earlier ones are being published are published together, as
 //!   one batch message per stream ([`coalesce`], a group commit for the broker).
 //!   JetStream stores, acks and delivers per message, and on this project's machine
-//!   its own ceiling was ~48k messages/s, so a message per event capped 1,000-event
+//!   its own ceiling was ~30-50k messages/s, so a message per event capped 1,000-event
 //!   requests at that many events/s (bench/RESULTS.md). A poll may hand out up to one
 //!   message's events more than asked for, and the queue depth (`depth_events`)
 //!   counts messages. No producer header reaches JetStream as control:

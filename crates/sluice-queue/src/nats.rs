@@ -214,10 +214,10 @@ pub struct NatsQueue {
     coalescing: tokio::task::JoinHandle<()>,
 }
 
-/// Most publishes awaiting a JetStream ack at once (bounds the client's memory).
-const MAX_IN_FLIGHT: usize = 32 * 1024;
-/// Publishes of one request taken together against that bound.
-const PUBLISH_CHUNK: usize = 1024;
+/// Most batch messages of multi-event appends awaiting a JetStream ack at once (each
+/// at most `max_payload`; bounds the client's memory). Single events are bounded by
+/// the requests waiting on the coalescer, which publishes one group at a time.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// Where a coalesced append hears the outcome of its message.
 type Answer = tokio::sync::oneshot::Sender<Result<(), AppendError>>;
@@ -266,7 +266,8 @@ async fn coalesce(
                 let r = if let [one] = run {
                     publish_one(&js, &opts, one).await
                 } else {
-                    publish_batch_messages(&js, &client, &opts, run).await
+                    let chunks = batch_chunks(run, batch_limit(&client));
+                    publish_batch_messages(&js, &opts, &chunks).await
                 };
                 results.extend(run.iter().map(|_| share(&r)));
                 start = end;
@@ -324,23 +325,27 @@ async fn publish_one(
     Ok(())
 }
 
-/// Publishes events (checked by the caller) as batch messages: one per run of one
-/// stream's events within the server's `max_payload`, all in flight at once, acked.
-async fn publish_batch_messages(
-    js: &jetstream::Context,
-    client: &async_nats::Client,
-    opts: &NatsOptions,
-    events: &[Event],
-) -> Result<(), AppendError> {
-    let limit = client
+/// The most event bytes a batch message may carry: the server's `max_payload` less
+/// room for the headers.
+fn batch_limit(client: &async_nats::Client) -> usize {
+    client
         .server_info()
         .max_payload
         .saturating_sub(BATCH_HEADROOM)
-        .max(1);
-    let chunks = batch_chunks(events, limit);
+        .max(1)
+}
+
+/// Publishes one batch message per chunk (events checked by the caller, each chunk
+/// one stream's, from [`batch_chunks`]), all in flight at once, and waits for the acks.
+async fn publish_batch_messages(
+    js: &jetstream::Context,
+    opts: &NatsOptions,
+    chunks: &[&[Event]],
+) -> Result<(), AppendError> {
     let mut msg_ids = sluice_core::new_event_ids(chunks.len());
     let mut acks = Vec::with_capacity(chunks.len());
     for chunk in chunks {
+        let chunk = *chunk;
         let stream = &chunk[0].stream;
         let mut payload = Vec::new();
         sluice_proto::record::encode_events(chunk, &mut payload);
@@ -403,8 +408,9 @@ impl NatsQueue {
         let js = jetstream::ContextBuilder::new()
             .timeout(opts.publish_timeout)
             .ack_timeout(opts.publish_timeout)
-            // Never the bound that blocks: `in_flight` is, taken a chunk at a time.
-            .max_ack_inflight(MAX_IN_FLIGHT + PUBLISH_CHUNK)
+            // Never the bound that blocks: `in_flight` is, and the coalescer's one
+            // group at a time.
+            .max_ack_inflight(64 * 1024)
             .build(client.clone());
         let created = ensure_stream(&js, &opts).await?;
         let depth = Arc::new(Depth::default());
@@ -429,54 +435,33 @@ impl NatsQueue {
         })
     }
 
-    /// Publishes in chunks, each taking its share of the in-flight bound at once
-    /// before its first publish and releasing it when its acks are in. (Taking
-    /// permits one publish at a time while holding earlier ones deadlocks concurrent
-    /// requests once the bound is reached: each holds part and waits for the rest.)
+    /// A lone event through the coalescer, several as batch messages.
     async fn publish_all(&self, batch: &Batch) -> Result<(), AppendError> {
-        if batch.len() > 1 {
-            return self.publish_batches(batch).await;
+        match &batch.events[..] {
+            [] => Ok(()),
+            [event] => self.publish_coalesced(event).await,
+            events => self.publish_batches(events).await,
         }
-        if let [event] = &batch.events[..] {
-            return self.publish_coalesced(event).await;
-        }
-        // Refuse the whole batch before anything is sent (ingest checked already).
-        let mut msg_ids = sluice_core::new_event_ids(batch.len());
-        let mut messages = Vec::with_capacity(batch.len());
-        for (i, e) in batch.events.iter().enumerate() {
-            let id = msg_ids.next().expect("one id per event");
-            let headers = message_headers(e, &id).map_err(|err| AppendError::Backend {
-                message: format!("event {} cannot be published: {err}", i + 1),
-            })?;
-            messages.push(headers);
-        }
-        let mut messages = messages.into_iter();
-        for chunk in batch.events.chunks(PUBLISH_CHUNK) {
-            let _permits = self
-                .in_flight
-                .acquire_many(chunk.len() as u32)
-                .await
-                .map_err(|_| AppendError::ShuttingDown)?;
-            self.publish_chunk(chunk, messages.by_ref().take(chunk.len()))
-                .await?;
-        }
-        Ok(())
     }
 
-    /// Publishes a batch as batch messages ([`broker::BATCH`]): one per run of one
-    /// stream's events, each within the server's `max_payload`, all in flight at once.
-    async fn publish_batches(&self, batch: &Batch) -> Result<(), AppendError> {
-        for (i, e) in batch.events.iter().enumerate() {
+    /// Publishes events as batch messages ([`broker::BATCH`]), taking one permit of
+    /// the in-flight bound per message before the first is sent. (Taking them one
+    /// at a time while holding earlier ones would deadlock concurrent requests once
+    /// the bound is reached: each holding part and waiting for the rest.)
+    async fn publish_batches(&self, events: &[Event]) -> Result<(), AppendError> {
+        // Refuse the whole batch before anything is sent (ingest checked already).
+        for (i, e) in events.iter().enumerate() {
             broker::check_event(e).map_err(|err| AppendError::Backend {
                 message: format!("event {} cannot be published: {err}", i + 1),
             })?;
         }
+        let chunks = batch_chunks(events, batch_limit(&self.client));
         let _permits = self
             .in_flight
-            .acquire_many(batch.len().div_ceil(PUBLISH_CHUNK).min(MAX_IN_FLIGHT) as u32)
+            .acquire_many(chunks.len().min(MAX_IN_FLIGHT) as u32)
             .await
             .map_err(|_| AppendError::ShuttingDown)?;
-        publish_batch_messages(&self.js, &self.client, &self.opts, &batch.events).await
+        publish_batch_messages(&self.js, &self.opts, &chunks).await
     }
 
     /// A single-event append: the events of concurrent ones are published together
@@ -493,30 +478,6 @@ impl NatsQueue {
             .push((event.clone(), tx));
         self.coalescer.wake.notify_one();
         rx.await.unwrap_or(Err(AppendError::ShuttingDown))
-    }
-
-    async fn publish_chunk(
-        &self,
-        events: &[Event],
-        headers: impl Iterator<Item = HeaderMap>,
-    ) -> Result<(), AppendError> {
-        let mut acks = Vec::with_capacity(events.len());
-        for (e, headers) in events.iter().zip(headers) {
-            let subject = subject_for(&self.opts.subject_prefix, &e.stream);
-            let msg = jetstream::message::PublishMessage::build()
-                .payload(e.payload.clone())
-                .headers(headers);
-            let ack = self
-                .js
-                .send_publish(subject, msg)
-                .await
-                .map_err(publish_error)?;
-            acks.push(std::future::IntoFuture::into_future(ack));
-        }
-        for r in futures_util::future::join_all(acks).await {
-            r.map_err(publish_error)?;
-        }
-        Ok(())
     }
 }
 

@@ -179,42 +179,29 @@ async fn a_request_of_many_events_is_one_message_or_a_few() {
     })
     .await
     .unwrap();
-    let client = async_nats::connect(nats.url().as_str()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream("SLUICE").await.unwrap();
+    let url = nats.url();
     // ~40 KB: one message.
     let small: Vec<Event> = (0..500)
         .map(|i| Event::new("web", format!("{{\"i\":{i}}}")))
         .collect();
     q.append(Batch::new(small.clone())).await.unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    assert_eq!(stored_messages(&url).await, 1);
     // ~260 KB of events: past 64 KiB, so split, each message within the limit.
     let pad = "p".repeat(200);
     let big: Vec<Event> = (0..1000)
         .map(|i| Event::new("web", format!("{{\"i\":{i},\"pad\":\"{pad}\"}}")))
         .collect();
     q.append(Batch::new(big.clone())).await.unwrap();
-    let messages = stream.info().await.unwrap().state.messages;
+    let messages = stored_messages(&url).await;
     assert!((1 + 5..=1 + 6).contains(&messages), "{messages} messages");
     let c = q.consumer("g").unwrap();
-    let mut got = Vec::new();
-    while got.len() < 1500 {
-        let d = c
-            .poll(5000, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .expect("events");
-        assert_eq!(d.attempts.len(), d.events.len());
-        assert!(d.attempts.iter().all(|&a| a == 1));
-        got.extend(d.events);
-        c.commit(d.token).await.unwrap();
-    }
+    let got = drain(&*c, 1500).await;
     let want: Vec<Event> = small.into_iter().chain(big).collect();
     assert_eq!(got, want, "every event, in order, once");
     assert!(
         wait_until_async(Duration::from_secs(5), || {
-            let mut s = stream.clone();
-            async move { s.info().await.unwrap().state.messages == 0 }
+            let url = url.clone();
+            async move { stored_messages(&url).await == 0 }
         })
         .await,
         "committing acked every message"
@@ -254,26 +241,39 @@ async fn concurrent_single_event_appends_share_messages() {
         let (i, r) = t.await.unwrap();
         assert_eq!(r.is_err(), i == 7, "append {i}: {r:?}");
     }
-    let client = async_nats::connect(nats.url().as_str()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream("SLUICE").await.unwrap();
-    let messages = stream.info().await.unwrap().state.messages;
+    let messages = stored_messages(&nats.url()).await;
     assert!(messages < 199, "{messages} messages for 199 events");
     let c = q.consumer("g").unwrap();
     let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 199 {
+    for e in drain(&*c, 199).await {
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        let i = v["i"].as_u64().unwrap();
+        assert_eq!(&*e.stream, if i.is_multiple_of(2) { "a" } else { "b" });
+        assert!(seen.insert(i), "event {i} once");
+    }
+    assert!(!seen.contains(&7));
+}
+
+/// Messages JetStream holds in sluice's stream now.
+async fn stored_messages(url: &str) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    let mut stream = js.get_stream("SLUICE").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// Polls and commits until `n` events came back (each on its first delivery).
+async fn drain(c: &dyn sluice_core::Consumer, n: usize) -> Vec<Event> {
+    let mut got = Vec::new();
+    while got.len() < n {
         let d = c
-            .poll(1000, Duration::from_secs(2))
+            .poll(5000, Duration::from_secs(2))
             .await
             .unwrap()
             .expect("events");
-        for e in &d.events {
-            let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
-            let i = v["i"].as_u64().unwrap();
-            assert_eq!(&*e.stream, if i.is_multiple_of(2) { "a" } else { "b" });
-            assert!(seen.insert(i), "event {i} once");
-        }
+        assert_eq!(d.attempts.len(), d.events.len());
+        assert!(d.attempts.iter().all(|&a| a == 1));
+        got.extend(d.events);
         c.commit(d.token).await.unwrap();
     }
-    assert!(!seen.contains(&7));
+    got
 }

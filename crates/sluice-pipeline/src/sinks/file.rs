@@ -153,7 +153,8 @@ impl Inner {
     /// outside it, one at a time, and one fdatasync covers every write finished
     /// before it began. Concurrent deliveries to one stream (the processor's
     /// workers) therefore share syncs instead of queueing one sync each behind the
-    /// lock (measured: NDJSON delivery went from ~0.55M to ~xM events/s, RESULTS).
+    /// lock (measured, 203-byte events: delivered went from 422k to 566k events/s,
+    /// median of 3, bench/RESULTS.md "Where the time goes").
     fn write(&self, stream: &str, buf: &[u8]) -> Result<(), SinkError> {
         let s = self
             .streams

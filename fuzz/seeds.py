@@ -248,7 +248,7 @@ readme = open(os.path.join(ROOT, "..", "README.md"), encoding="utf-8").read()
 toml = re.search(r"```toml\n(.*?)```", readme, re.S).group(1).encode()
 write("config", [
     toml, b"", b'listen = "127.0.0.1:8080"\n[http]\nmax_body_bytes = "1 KiB"\n',
-    b'[queue]\nkind = "nats"\n\0queue.nats.url=nats://127.0.0.1:4222\nhttp.idle_timeout=5s',
+    b'[queue]\nkind = "nats"\n\0queue.url=nats://127.0.0.1:4222\nhttp.idle_timeout=5s',
     b'[[auth.keys]]\nname = "web"\nsha256 = "' + b"ab" * 32 + b'"\nstreams = ["clicks", "web.*"]\nevents_per_s = 100\n',
     b'[http]\nmax_body_bytes = "10 PiB"\n', b'unknown = 1\n', b'[sink]\nkind = "http://x/\xff"\n',
     b'a = [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]\n', b'\0' + b'a.' * 100 + b'b=1',

@@ -9,6 +9,7 @@
 
 mod event;
 mod header;
+pub mod options;
 mod queue;
 mod sink;
 mod stream;
@@ -22,6 +23,7 @@ pub use header::{
     MAX_HEADERS, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_KEY_LEN, RESERVED_HEADER_NAMES,
     RESERVED_HEADER_PREFIXES,
 };
+pub use options::{OptionError, Properties, Secret};
 pub use queue::{AppendError, ConsumeError, Consumer, Delivery, Queue, QueueStats};
 pub use sink::{Rejection, Sink, SinkError};
 pub use stream::{validate_stream_name, StreamNameError, MAX_STREAM_NAME_LEN, QUARANTINE_STREAM};

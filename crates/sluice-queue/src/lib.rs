@@ -1,22 +1,17 @@
-//! [`Queue`](sluice_core::Queue) implementations:
+//! The local [`Queue`](sluice_core::Queue)s, and the [`CommitTracker`] every queue
+//! with out-of-order commits shares:
 //!
 //! - [`MemoryQueue`]: bounded, lock-free, fastest, **not durable** (a crash loses what
 //!   it holds; acks mean "in memory").
 //! - [`WalQueue`]: the embedded write-ahead log, durable per its ack mode. The default.
-//! - `NatsQueue` (feature `nats`): NATS JetStream, shared by many processes.
+//!
+//! The broker queues (NATS JetStream, Kafka) live in `sluice-brokers`.
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "kafka")]
-pub mod kafka;
 mod memory;
-#[cfg(feature = "nats")]
-pub mod nats;
 mod tracker;
 mod wal;
 
-#[cfg(feature = "kafka")]
-pub use kafka::{KafkaOptions, KafkaQueue};
-pub use memory::MemoryQueue;
-#[cfg(feature = "nats")]
-pub use nats::{NatsOptions, NatsQueue};
-pub use wal::{WalQueue, WalQueueOptions};
+pub use memory::{MemoryConfig, MemoryQueue};
+pub use tracker::CommitTracker;
+pub use wal::{AckMode, WalConfig, WalQueue, WalQueueOptions};

@@ -21,8 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
+use serde::{Deserialize, Serialize};
+use sluice_core::units::ByteSize;
 use sluice_core::{
-    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, Queue, QueueStats,
+    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, OptionError, Queue,
+    QueueStats,
 };
 use tokio::sync::Notify;
 
@@ -68,6 +71,45 @@ struct Inner {
     max_bytes: u64,
     closed: AtomicBool,
     readable: Notify,
+}
+
+/// `[queue]` with `kind = "memory"`: bounded memory, fastest, lost on a crash.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Most bytes of events held; appends past it get 429. Default `1 GiB`.
+    pub max_bytes: ByteSize,
+    /// Most events held. Default 1,000,000.
+    pub max_events: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            max_bytes: ByteSize(1 << 30),
+            max_events: 1_000_000,
+        }
+    }
+}
+
+impl MemoryConfig {
+    pub fn validate(&self) -> Result<(), OptionError> {
+        if self.max_events == 0 {
+            return Err(OptionError::new("max_events", 0, "must be at least 1"));
+        }
+        if self.max_bytes < ByteSize(1 << 20) {
+            return Err(OptionError::new(
+                "max_bytes",
+                self.max_bytes,
+                "must be at least 1 MiB",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn open(&self) -> MemoryQueue {
+        MemoryQueue::new(self.max_events, self.max_bytes.0)
+    }
 }
 
 impl MemoryQueue {

@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 /// Outstanding deliveries in the order they were handed out, each identified by the
 /// queue position right after its last record.
 #[derive(Debug, Default)]
-pub(crate) struct CommitTracker {
+pub struct CommitTracker {
     outstanding: VecDeque<(u64, bool)>,
     /// Everything before this position is committed.
     watermark: u64,
 }
 
 impl CommitTracker {
-    pub(crate) fn new(start: u64) -> CommitTracker {
+    pub fn new(start: u64) -> CommitTracker {
         CommitTracker {
             outstanding: VecDeque::new(),
             watermark: start,
@@ -21,13 +21,13 @@ impl CommitTracker {
     }
 
     /// Records a delivery that ends at `end` (its token).
-    pub(crate) fn handed_out(&mut self, end: u64) {
+    pub fn handed_out(&mut self, end: u64) {
         debug_assert!(self.outstanding.back().is_none_or(|(e, _)| *e < end));
         self.outstanding.push_back((end, false));
     }
 
     /// Marks the delivery ending at `end` done; returns the new watermark if it moved.
-    pub(crate) fn done(&mut self, end: u64) -> Option<u64> {
+    pub fn done(&mut self, end: u64) -> Option<u64> {
         let i = self.outstanding.partition_point(|(e, _)| *e < end);
         match self.outstanding.get_mut(i) {
             Some((e, done)) if *e == end => *done = true,
@@ -41,7 +41,7 @@ impl CommitTracker {
         (self.watermark != before).then_some(self.watermark)
     }
 
-    pub(crate) fn watermark(&self) -> u64 {
+    pub fn watermark(&self) -> u64 {
         self.watermark
     }
 }

@@ -12,13 +12,105 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+use sluice_core::units::{ByteSize, HumanDuration};
 use sluice_core::{
-    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, Queue, QueueStats,
+    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, OptionError, Queue,
+    QueueStats,
 };
-use sluice_wal::{Reader, Recovery, Wal, WalObserver, WalOptions};
+use sluice_wal::{Reader, Recovery, SyncMode, Wal, WalObserver, WalOptions};
 use tokio::sync::{oneshot, Notify};
 
 use crate::tracker::CommitTracker;
+
+/// When an append counts as done, i.e. when the producer gets its 202.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After fdatasync: survives a power loss or kernel crash.
+    Fsync,
+    /// After write(2): survives a sluice crash, not a power loss.
+    Write,
+}
+
+/// `[queue]` with `kind = "wal"`: the embedded write-ahead log under
+/// `<data_dir>/wal`, as the config file writes it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// `fsync` (default) or `write`; see the README's ack contract.
+    pub ack: AckMode,
+    /// Most bytes on disk; appends past it get 429. Default `1 GiB`.
+    pub max_bytes: ByteSize,
+    /// Segment size; fully consumed segments are deleted. At most half of
+    /// `max_bytes`. Default `64 MiB`.
+    pub segment_bytes: ByteSize,
+    /// How often the processor's position is checkpointed; a crash replays at most
+    /// this much. Default `100ms`.
+    pub checkpoint_interval: HumanDuration,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            ack: AckMode::Fsync,
+            max_bytes: ByteSize(1 << 30),
+            segment_bytes: ByteSize(64 << 20),
+            checkpoint_interval: HumanDuration(Duration::from_millis(100)),
+        }
+    }
+}
+
+impl WalConfig {
+    /// The bounds [`WalQueue::open`] needs.
+    pub fn validate(&self) -> Result<(), OptionError> {
+        for (key, got, least) in [
+            ("max_bytes", self.max_bytes, ByteSize(1 << 20)),
+            ("segment_bytes", self.segment_bytes, ByteSize(64 << 10)),
+        ] {
+            if got < least {
+                return Err(OptionError::new(
+                    key,
+                    got,
+                    format!("must be at least {least}"),
+                ));
+            }
+        }
+        if self.segment_bytes.0.saturating_mul(2) > self.max_bytes.0 {
+            // The active segment is never deleted, so a log of fewer than two
+            // segments could fill up and never free space.
+            return Err(OptionError::new(
+                "segment_bytes",
+                self.segment_bytes,
+                format!("must be at most half of max_bytes ({})", self.max_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest record: half a segment (a request must fit in one).
+    pub fn max_record_bytes(&self) -> u64 {
+        self.segment_bytes.0 / 2
+    }
+
+    /// The queue's options, with `observer` told about every group commit.
+    pub fn options(&self, observer: Option<Arc<dyn WalObserver>>) -> WalQueueOptions {
+        WalQueueOptions {
+            wal: WalOptions {
+                segment_bytes: self.segment_bytes.0,
+                max_bytes: self.max_bytes.0,
+                max_record_bytes: self.max_record_bytes(),
+                sync: match self.ack {
+                    AckMode::Fsync => SyncMode::Fsync,
+                    AckMode::Write => SyncMode::Write,
+                },
+                observer,
+            },
+            checkpoint_interval: self.checkpoint_interval.0,
+            ..WalQueueOptions::default()
+        }
+    }
+}
 
 /// Settings of the WAL queue beyond the WAL's own.
 #[derive(Clone)]

@@ -12,16 +12,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 mod access;
-mod brokers;
+mod backends;
 mod edge;
 
 pub use access::{AuthConfig, KeyConfig, LimitsConfig};
-pub use brokers::{broker_address, KafkaQueueConfig, NatsQueueConfig};
+pub use backends::{kind_and_url, NoOptions, QueueConfig, SinkConfig};
 pub use edge::{GatewayConfig, TlsConfig};
 pub use sluice_core::units::{ByteSize, HumanDuration};
+pub use sluice_queue::AckMode;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +44,25 @@ pub enum ConfigError {
         value: String,
         message: String,
     },
+    /// A backend refused one of its options (`section` is `queue`, `sink` or
+    /// `dead_letter`).
+    #[error("{section}.{source}")]
+    Backend {
+        section: &'static str,
+        #[source]
+        source: sluice_core::OptionError,
+    },
+    /// The section names a backend this build of sluice left out.
+    #[error("{section}.kind = {kind:?} needs a sluice built with the `{feature}` cargo feature")]
+    NotBuilt {
+        section: &'static str,
+        kind: String,
+        feature: &'static str,
+    },
 }
 
 /// The whole configuration of `sluice serve`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address of the ingest HTTP listener (HTTP/1.1 and h2c). Default `127.0.0.1:8080`.
@@ -64,7 +80,7 @@ pub struct Config {
     pub shutdown_drain_delay: HumanDuration,
     /// `text` (default, for people) or `json` (for log pipelines).
     pub log_format: LogFormat,
-    /// The queue between ingest and the processor.
+    /// The queue between ingest and the processor, and its options.
     pub queue: QueueConfig,
     /// HTTP front-door limits.
     pub http: HttpConfig,
@@ -80,7 +96,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// The worker pool.
     pub processor: ProcessorConfig,
-    /// Where events are delivered.
+    /// Where events are delivered, and the sink's options.
     pub sink: SinkConfig,
     /// Where events that can never be delivered go, each with its reason; the file
     /// sink under `<data_dir>/dead` by default.
@@ -88,72 +104,15 @@ pub struct Config {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// Which queue backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueKind {
-    /// The embedded write-ahead log under `data_dir/wal`: durable.
-    Wal,
-    /// Bounded memory: fastest, loses its contents on a crash.
-    Memory,
-    /// NATS JetStream at `queue.url`: shared by many ingest and processor processes.
-    Nats,
-    /// Kafka at `queue.url`: shared by many ingest and processor processes.
-    Kafka,
-}
-
-impl QueueKind {
-    /// True for the queues that several processes can share.
-    pub fn is_broker(self) -> bool {
-        matches!(self, QueueKind::Nats | QueueKind::Kafka)
-    }
-}
-
-/// When an append counts as done, i.e. when the producer gets its 202.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    /// After fdatasync: survives a power loss or kernel crash.
-    Fsync,
-    /// After write(2): survives a sluice crash, not a power loss.
-    Write,
-}
-
-/// `[queue]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueueConfig {
-    /// `wal` (default), `memory`, `nats` or `kafka`.
-    pub kind: QueueKind,
-    /// The broker of `nats` / `kafka`: `nats://HOST:PORT`, `kafka://HOST:PORT[,HOST:PORT]`.
-    pub url: Option<String>,
-    /// JetStream layout and timeouts.
-    pub nats: NatsQueueConfig,
-    /// Kafka topic and consumer-group settings.
-    pub kafka: KafkaQueueConfig,
-    /// `fsync` (default) or `write`; see the README's ack contract.
-    pub ack: AckMode,
-    /// Most bytes the queue holds (WAL: on disk; NATS: the JetStream stream's
-    /// `max_bytes`; Kafka: the producer's buffer); appends past it get 429. Default `1 GiB`.
-    pub max_bytes: ByteSize,
-    /// Most events the memory queue holds. Default 1,000,000.
-    pub max_events: usize,
-    /// WAL segment size; fully consumed segments are deleted. Default `64 MiB`.
-    pub segment_bytes: ByteSize,
-    /// How often the processor's position is checkpointed; a crash replays at most
-    /// this much. Default `100ms`.
-    pub checkpoint_interval: HumanDuration,
-}
-
 /// `[http]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Largest request body, compressed and decompressed alike (413 past it). Default `10 MiB`.
@@ -203,7 +162,7 @@ pub struct HttpConfig {
 }
 
 /// `[grpc]`. Message sizes follow `http.max_body_bytes`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     /// Request messages of one `IngestStream` / `IngestBidi` call in flight (read and
@@ -219,7 +178,7 @@ impl Default for GrpcConfig {
 }
 
 /// `[processor]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorConfig {
     /// Concurrent deliveries; 0 (default) means two per core, at least four
@@ -249,55 +208,6 @@ pub struct ProcessorConfig {
     pub max_deliveries: u32,
 }
 
-/// Which sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    /// NDJSON envelopes under `dir` (default `data_dir/out`), one directory per stream.
-    File,
-    /// NDJSON envelopes on standard output.
-    Stdout,
-    /// Drops everything (benchmarks).
-    Blackhole,
-    /// Publishes to NATS JetStream at `url`, on `<subject_prefix>.<stream>`.
-    Nats,
-    /// Produces to the Kafka topic `topic` at `url`.
-    Kafka,
-    /// POSTs NDJSON envelopes to `url`.
-    Http,
-}
-
-/// `[sink]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SinkConfig {
-    /// `file` (default), `stdout` or `blackhole`.
-    pub kind: SinkKind,
-    /// Output directory of the file sink; default `<data_dir>/out`.
-    pub dir: Option<PathBuf>,
-    /// The file sink starts a new file past this size. Default `128 MiB`.
-    pub max_file_bytes: ByteSize,
-    /// File sink: keep written pages in the page cache (for a local reader tailing
-    /// the files) instead of dropping them once synced. Default false.
-    pub keep_page_cache: bool,
-    /// Where the `nats`, `kafka` and `http` sinks send: `nats://HOST:PORT`,
-    /// `kafka://HOST:PORT`, `http(s)://HOST/PATH`.
-    pub url: Option<String>,
-    /// NATS sink: subjects `<subject_prefix>.<stream>`. Default `sluice.out`.
-    pub subject_prefix: String,
-    /// NATS sink: a JetStream stream over those subjects, created if missing; unset
-    /// expects one to exist.
-    pub nats_stream: Option<String>,
-    /// Kafka sink: the topic. Default `sluice-out`.
-    pub topic: String,
-    /// HTTP sink: most POSTs in flight. Default 4.
-    pub concurrency: usize,
-    /// HTTP / NATS sink: longest wait for one request's answer. Default `10s`.
-    pub timeout: HumanDuration,
-    /// HTTP sink: gzip the bodies. Default false.
-    pub gzip: bool,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -317,22 +227,6 @@ impl Default for Config {
             processor: ProcessorConfig::default(),
             sink: SinkConfig::default(),
             dead_letter: SinkConfig::default(),
-        }
-    }
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig {
-            kind: QueueKind::Wal,
-            url: None,
-            nats: NatsQueueConfig::default(),
-            kafka: KafkaQueueConfig::default(),
-            ack: AckMode::Fsync,
-            max_bytes: ByteSize(1 << 30),
-            max_events: 1_000_000,
-            segment_bytes: ByteSize(64 << 20),
-            checkpoint_interval: HumanDuration(Duration::from_millis(100)),
         }
     }
 }
@@ -365,24 +259,6 @@ impl Default for ProcessorConfig {
             group: "processor".into(),
             max_attempts: 0,
             max_deliveries: 10,
-        }
-    }
-}
-
-impl Default for SinkConfig {
-    fn default() -> Self {
-        SinkConfig {
-            kind: SinkKind::File,
-            dir: None,
-            max_file_bytes: ByteSize(128 << 20),
-            keep_page_cache: false,
-            url: None,
-            subject_prefix: "sluice.out".into(),
-            nats_stream: None,
-            topic: "sluice-out".into(),
-            concurrency: 4,
-            timeout: HumanDuration(Duration::from_secs(10)),
-            gzip: false,
         }
     }
 }
@@ -423,6 +299,13 @@ impl Config {
         for (key, value) in &sources.flags {
             set(&mut table, key, value);
         }
+        for (section, class, default) in [
+            ("queue", "queue", "wal"),
+            ("sink", "sink", "file"),
+            ("dead_letter", "sink", "file"),
+        ] {
+            default_kind(&mut table, section, class, default)?;
+        }
         let origin = match sources.file {
             Some(p) => format!("{} (with environment and flag overrides)", p.display()),
             None => "configuration (environment and flags)".to_string(),
@@ -457,22 +340,13 @@ impl Config {
                 Ok(())
             }
         };
-        min("queue.max_bytes", self.queue.max_bytes.0, 1 << 20)?;
-        min("queue.segment_bytes", self.queue.segment_bytes.0, 64 << 10)?;
         min("http.max_body_bytes", self.http.max_body_bytes.0, 1 << 10)?;
-        min("sink.max_file_bytes", self.sink.max_file_bytes.0, 4 << 10)?;
-        if self.queue.segment_bytes.0.saturating_mul(2) > self.queue.max_bytes.0 {
-            // The active segment is never deleted, so a log of fewer than two
-            // segments could fill up and never free space.
-            return Err(ConfigError::Invalid {
-                key: "queue.segment_bytes",
-                value: self.queue.segment_bytes.to_string(),
-                message: format!(
-                    "must be at most half of queue.max_bytes ({})",
-                    self.queue.max_bytes
-                ),
-            });
-        }
+        let backend = |section| move |source| ConfigError::Backend { section, source };
+        self.queue.validate().map_err(backend("queue"))?;
+        self.sink.validate().map_err(backend("sink"))?;
+        self.dead_letter
+            .validate()
+            .map_err(backend("dead_letter"))?;
         self.validate_request_bounds()?;
         let nonzero = |key: &'static str, v: usize| {
             if v == 0 {
@@ -485,7 +359,6 @@ impl Config {
                 Ok(())
             }
         };
-        nonzero("queue.max_events", self.queue.max_events)?;
         nonzero("grpc.window", self.grpc.window)?;
         nonzero("http.max_connections", self.http.max_connections)?;
         nonzero("gateway.connections", self.gateway.connections)?;
@@ -493,29 +366,6 @@ impl Config {
         nonzero("gateway.eject_after", self.gateway.eject_after as usize)?;
         self.auth.validate()?;
         self.limits.validate()?;
-        if self.queue.kind.is_broker() && self.queue.url.is_none() {
-            return Err(ConfigError::Invalid {
-                key: "queue.url",
-                value: String::new(),
-                message: format!(
-                    "is required with queue.kind = {:?} (e.g. --queue nats://127.0.0.1:4222)",
-                    self.queue.kind
-                ),
-            });
-        }
-        for (key, sink) in [
-            ("sink.url", &self.sink),
-            ("dead_letter.url", &self.dead_letter),
-        ] {
-            let remote = matches!(sink.kind, SinkKind::Nats | SinkKind::Kafka | SinkKind::Http);
-            if remote && sink.url.is_none() {
-                return Err(ConfigError::Invalid {
-                    key,
-                    value: String::new(),
-                    message: format!("is required with a {:?} sink", sink.kind),
-                });
-            }
-        }
         if self.auth.keys.is_empty()
             && !self.auth.allow_unauthenticated
             && !self.listen.ip().is_loopback()
@@ -583,8 +433,12 @@ impl Config {
             });
         }
         let events = h.max_events_per_request as u64;
-        let max_record = self.queue.segment_bytes.0 / 2;
         let record = record_bound(h.max_body_bytes.0, events);
+        let max_record = match &self.queue {
+            QueueConfig::Wal(wal) => wal.max_record_bytes(),
+            // One request is one WAL record; the other queues split it.
+            _ => u64::MAX,
+        };
         if record > max_record {
             return Err(ConfigError::Invalid {
                 key: "http.max_events_per_request",
@@ -621,20 +475,28 @@ impl Config {
         Ok(())
     }
 
-    /// The file sink's output directory.
+    /// The file sink's output directory (`sink.dir`, default `<data_dir>/out`).
     pub fn sink_dir(&self) -> PathBuf {
-        self.sink
-            .dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("out"))
+        match &self.sink {
+            SinkConfig::File(f) => f.dir.clone(),
+            _ => None,
+        }
+        .unwrap_or_else(|| self.default_sink_dir())
     }
 
-    /// The dead-letter file sink's directory.
-    pub fn dead_letter_dir(&self) -> PathBuf {
-        self.dead_letter
-            .dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("dead"))
+    /// Where a file sink writes without a `dir`: `<data_dir>/out`.
+    pub fn default_sink_dir(&self) -> PathBuf {
+        self.data_dir.join("out")
+    }
+
+    /// Where a dead-letter file sink writes without a `dir`: `<data_dir>/dead`.
+    pub fn default_dead_letter_dir(&self) -> PathBuf {
+        self.data_dir.join("dead")
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`sluice config check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the config serializes")
     }
 
     /// The WAL's directory.
@@ -660,6 +522,32 @@ fn env_key(name: &str) -> Option<String> {
         "SINK" => "sink.kind".into(),
         _ => rest.to_ascii_lowercase().replace("__", "."),
     })
+}
+
+/// Gives a section that names no `kind` the default one, and refuses a kind this
+/// build left out by name (serde would call it unknown).
+fn default_kind(
+    table: &mut toml::Table,
+    section: &'static str,
+    class: &str,
+    default: &str,
+) -> Result<(), ConfigError> {
+    let Some(toml::Value::Table(t)) = table.get_mut(section) else {
+        return Ok(());
+    };
+    let kind = t
+        .entry("kind")
+        .or_insert_with(|| toml::Value::String(default.into()));
+    if let Some(kind) = kind.as_str() {
+        if let Some(feature) = backends::missing_feature(class, kind) {
+            return Err(ConfigError::NotBuilt {
+                section,
+                kind: kind.to_string(),
+                feature,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Sets a dotted key to a value given as text: TOML integers and booleans keep their

@@ -184,7 +184,7 @@ impl Upstreams {
         let api_key = match &config.upstream_api_key {
             None => None,
             Some(k) => Some(
-                format!("Bearer {k}")
+                format!("Bearer {}", k.expose())
                     .parse()
                     .map_err(|_| "gateway.upstream_api_key is not a valid header value")?,
             ),

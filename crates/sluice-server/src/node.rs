@@ -41,9 +41,20 @@ pub enum StartError {
     /// The TLS certificate, key or client CA could not be loaded.
     #[error("loading TLS certificates")]
     Tls(#[source] TlsError),
-    /// The broker queue or a broker sink could not be reached or set up.
+    /// `sluice ingest` / `sluice process` without a broker queue.
     #[error("{0}")]
-    Broker(String),
+    Role(String),
+    /// The NATS queue or sink could not be reached or set up.
+    #[cfg(feature = "nats")]
+    #[error(transparent)]
+    Nats(#[from] sluice_brokers::nats::Error),
+    /// The Kafka queue or sink could not be reached or set up.
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] sluice_brokers::kafka::Error),
+    /// A sink refused one of its options.
+    #[error("sink: {0}")]
+    Sink(#[source] sluice_core::OptionError),
     /// A listener could not bind.
     #[error("binding {key} = {addr}")]
     Bind {
@@ -111,8 +122,8 @@ impl Node {
     /// Opens the queue, binds the listeners and starts every role.
     pub async fn start(config: Config, opts: NodeOptions) -> Result<Node, StartError> {
         let metrics = Arc::new(Metrics::new());
-        if matches!(opts.role, Role::Ingest | Role::Process) && !config.queue.kind.is_broker() {
-            return Err(StartError::Broker(format!(
+        if matches!(opts.role, Role::Ingest | Role::Process) && !config.queue.is_broker() {
+            return Err(StartError::Role(format!(
                 "`sluice {}` runs apart from its {}, which needs a shared broker queue \
                  (--queue nats://HOST:PORT or kafka://HOST:PORT), not queue.kind = {:?}",
                 opts.role.command(),
@@ -121,7 +132,7 @@ impl Node {
                 } else {
                     "ingest nodes"
                 },
-                config.queue.kind
+                config.queue.kind()
             )));
         }
         let queue: Arc<dyn Queue> = match opts.role {
@@ -145,14 +156,15 @@ impl Node {
             }
             None if !processes => (Arc::new(BlackholeSink::default()), "none"),
             None => {
-                let s = crate::build::build_sink(&config.sink, config.sink_dir()).await?;
+                let s = crate::build::build_sink(&config.sink, &config.default_sink_dir()).await?;
                 let name = s.name();
                 (s, name)
             }
         };
         let dead_letter = match processes {
             true => {
-                Some(crate::build::build_sink(&config.dead_letter, config.dead_letter_dir()).await?)
+                let dir = config.default_dead_letter_dir();
+                Some(crate::build::build_sink(&config.dead_letter, &dir).await?)
             }
             false => None,
         };
@@ -190,7 +202,7 @@ impl Node {
                     // out of service must not strand accepted events in its local log. A
                     // broker queue is shared, so its backlog is left to the other
                     // processors.
-                    drain_on_shutdown: !config.queue.kind.is_broker(),
+                    drain_on_shutdown: !config.queue.is_broker(),
                     max_attempts: config.processor.max_attempts,
                     max_deliveries: config.processor.max_deliveries,
                 },
@@ -277,8 +289,7 @@ impl Node {
             role = ?opts.role,
             listen = ?http_addr,
             admin = %admin_addr,
-            queue = ?config.queue.kind,
-            ack = ?config.queue.ack,
+            queue = config.queue.kind(),
             sink = sink_name,
             "sluice is serving"
         );

@@ -134,7 +134,8 @@ struct GatewayArgs {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Validate a configuration file (with SLUICE_* overrides) and print the result.
+    /// Validate a configuration file (with SLUICE_* overrides) and print the effective
+    /// configuration as TOML, every default filled in and secrets redacted.
     Check {
         /// The TOML file.
         file: PathBuf,
@@ -214,7 +215,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 env: Config::process_env(),
                 flags: Vec::new(),
             })?;
-            println!("{} is valid:\n{config:#?}", file.display());
+            // The effective configuration (defaults, environment), secrets redacted;
+            // itself a valid config file.
+            eprintln!("{} is valid; the effective configuration:", file.display());
+            print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Keys(KeysCmd::Generate { name, streams }) => {
@@ -340,7 +344,7 @@ fn serve(
     }
     for (section, value) in [("queue", args.queue), ("sink", args.sink)] {
         if let Some(v) = value {
-            let (kind, url) = sluice_server::build::kind_and_url(&v);
+            let (kind, url) = sluice_server::config::kind_and_url(&v);
             flags.push((format!("{section}.kind"), kind));
             flags.extend(url.map(|u| (format!("{section}.url"), u)));
         }

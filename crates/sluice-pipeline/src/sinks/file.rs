@@ -32,7 +32,11 @@ use std::sync::{Arc, Mutex};
 
 use std::path::Component;
 
-use sluice_core::{validate_stream_name, BoxFuture, Event, Rejection, Sink, SinkError};
+use serde::{Deserialize, Serialize};
+use sluice_core::units::ByteSize;
+use sluice_core::{
+    validate_stream_name, BoxFuture, Event, OptionError, Rejection, Sink, SinkError,
+};
 
 /// Writes envelopes to `<root>/<stream>/NNNNNNNNNN.ndjson`.
 #[derive(Clone)]
@@ -71,6 +75,50 @@ struct StreamFile {
     file: Arc<File>,
     index: u64,
     size: u64,
+}
+
+/// `[sink]` (or `[dead_letter]`) with `kind = "file"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSinkOptions {
+    /// The output directory; default `<data_dir>/out` (`<data_dir>/dead` for dead
+    /// letters).
+    pub dir: Option<PathBuf>,
+    /// A stream's file is closed and a new one started past this size. Default
+    /// `128 MiB`.
+    pub max_file_bytes: ByteSize,
+    /// Keep written pages in the page cache (for a local reader tailing the files)
+    /// instead of dropping them once synced. Default false.
+    pub keep_page_cache: bool,
+}
+
+impl Default for FileSinkOptions {
+    fn default() -> Self {
+        FileSinkOptions {
+            dir: None,
+            max_file_bytes: ByteSize(128 << 20),
+            keep_page_cache: false,
+        }
+    }
+}
+
+impl FileSinkOptions {
+    pub fn validate(&self) -> Result<(), OptionError> {
+        if self.max_file_bytes < ByteSize(4 << 10) {
+            return Err(OptionError::new(
+                "max_file_bytes",
+                self.max_file_bytes,
+                "must be at least 4 KiB",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sink, under `dir` or else `default_dir`.
+    pub fn open(&self, default_dir: &Path) -> FileSink {
+        let dir = self.dir.as_deref().unwrap_or(default_dir);
+        FileSink::new(dir, self.max_file_bytes.0).keep_page_cache(self.keep_page_cache)
+    }
 }
 
 impl FileSink {

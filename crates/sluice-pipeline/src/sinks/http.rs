@@ -64,7 +64,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use sluice_core::{BoxFuture, Event, Rejection, Sink, SinkError};
+use serde::{Deserialize, Serialize};
+use sluice_core::units::{ByteSize, HumanDuration};
+use sluice_core::{BoxFuture, Event, OptionError, Properties, Rejection, Sink, SinkError};
 use sluice_proto::envelope::{write_line_cached, TimeCache};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -86,8 +88,9 @@ const SYSTEM_CA_BUNDLES: [&str; 2] = [
     "/etc/pki/tls/certs/ca-bundle.crt",
 ];
 
-/// How the HTTP sink posts.
-#[derive(Debug, Clone)]
+/// How the HTTP sink posts: `[sink]` (or `[dead_letter]`) with `kind = "http"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HttpSinkOptions {
     /// Where to POST, an `http://` or `https://` URL (no credentials in it: put them
     /// in `headers`). Required; the default is empty and refused by [`HttpSink::new`].
@@ -96,16 +99,17 @@ pub struct HttpSinkOptions {
     /// on the server and the open connections. Default 4.
     pub concurrency: usize,
     /// Longest one POST may take, from connecting to the end of the answer; past it
-    /// the POST counts as a passing failure. Default 10 s.
-    pub timeout: Duration,
+    /// the POST counts as a passing failure. Default `10s`.
+    pub timeout: HumanDuration,
     /// Most envelope bytes (before compression) in one POST: a larger delivery is
     /// split into several POSTs, so that servers with a body limit take it. An event
-    /// alone larger than this still goes, alone. Default 1 MiB.
-    pub max_request_bytes: usize,
-    /// Extra headers on every POST, e.g. `Authorization`. `Content-Type`,
-    /// `Content-Encoding`, `Content-Length` and `Transfer-Encoding` are the sink's own.
-    /// Default none.
-    pub headers: Vec<(String, String)>,
+    /// alone larger than this still goes, alone. Default `1 MiB`.
+    pub max_request_bytes: ByteSize,
+    /// Extra headers on every POST, e.g. `{ Authorization = "Bearer ..." }`.
+    /// `Content-Type`, `Content-Encoding`, `Content-Length` and `Transfer-Encoding`
+    /// are the sink's own. Values of secret-looking names are redacted by
+    /// `sluice config check`. Default none.
+    pub headers: Properties,
     /// Compress bodies (`Content-Encoding: gzip`, fast level): less traffic for some
     /// CPU. Default false.
     pub gzip: bool,
@@ -119,12 +123,59 @@ impl Default for HttpSinkOptions {
         HttpSinkOptions {
             url: String::new(),
             concurrency: 4,
-            timeout: Duration::from_secs(10),
-            max_request_bytes: 1 << 20,
-            headers: Vec::new(),
+            timeout: HumanDuration(Duration::from_secs(10)),
+            max_request_bytes: ByteSize(1 << 20),
+            headers: Properties::default(),
             gzip: false,
             ca_file: None,
         }
+    }
+}
+
+impl HttpSinkOptions {
+    /// Checks every option (the CA bundle is read only by [`HttpSink::new`]).
+    pub fn validate(&self) -> Result<(), OptionError> {
+        self.checked_url()?;
+        if self.concurrency == 0 {
+            return Err(OptionError::new("concurrency", 0, "must be at least 1"));
+        }
+        if self.max_request_bytes.0 == 0 {
+            return Err(OptionError::new(
+                "max_request_bytes",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.timeout.0.is_zero() {
+            return Err(OptionError::new("timeout", "0s", "must be more than 0"));
+        }
+        headers(&self.headers, self.gzip).map(|_| ())
+    }
+
+    /// The URL, and how messages show it: scheme, authority and path, without the
+    /// query (which may hold a token).
+    fn checked_url(&self) -> Result<(Uri, String), OptionError> {
+        let bad = |why: String| OptionError::new("url", format!("{:?}", self.url), why);
+        let uri: Uri = self
+            .url
+            .parse()
+            .map_err(|e| bad(format!("must be an http:// or https:// URL: {e}")))?;
+        let Some(scheme @ ("http" | "https")) = uri.scheme_str() else {
+            return Err(bad("must be an http:// or https:// URL".into()));
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(bad("has no host".into()));
+        };
+        if authority.as_str().contains('@') {
+            // Not quoted back: it holds a secret.
+            return Err(OptionError::new(
+                "url",
+                "a URL with credentials",
+                "must not hold credentials; send them in headers (Authorization)",
+            ));
+        }
+        let shown = format!("{scheme}://{authority}{}", uri.path());
+        Ok((uri, shown))
     }
 }
 
@@ -146,45 +197,13 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    /// A sink posting to `opts.url`; fails when the URL, a header or the CA bundle is
-    /// invalid or a bound is zero.
-    pub fn new(opts: HttpSinkOptions) -> Result<HttpSink, String> {
-        let uri: Uri = opts.url.parse().map_err(|e| {
-            format!(
-                "http sink: url must be an http:// or https:// URL; got {:?}: {e}",
-                opts.url
-            )
-        })?;
-        let scheme = match uri.scheme_str() {
-            Some(s @ ("http" | "https")) => s,
-            _ => {
-                return Err(format!(
-                    "http sink: url must be an http:// or https:// URL; got {:?}",
-                    opts.url
-                ))
-            }
-        };
-        let Some(authority) = uri.authority() else {
-            return Err(format!("http sink: url has no host; got {:?}", opts.url));
-        };
-        if authority.as_str().contains('@') {
-            return Err(
-                "http sink: url must not hold credentials; send them in headers (Authorization)"
-                    .into(),
-            );
-        }
-        let shown = format!("{scheme}://{authority}{}", uri.path());
-        if opts.concurrency == 0 {
-            return Err("http sink: concurrency must be at least 1; got 0".into());
-        }
-        if opts.max_request_bytes == 0 {
-            return Err("http sink: max_request_bytes must be at least 1; got 0".into());
-        }
-        if opts.timeout.is_zero() {
-            return Err("http sink: timeout must be more than 0; got 0s".into());
-        }
+    /// A sink posting to `opts.url`; fails when an option is invalid (see
+    /// [`HttpSinkOptions::validate`]) or the CA bundle cannot be read.
+    pub fn new(opts: HttpSinkOptions) -> Result<HttpSink, OptionError> {
+        let (uri, shown) = opts.checked_url()?;
+        opts.validate()?;
         let headers = headers(&opts.headers, opts.gzip)?;
-
+        let scheme = uri.scheme_str().unwrap_or_default();
         let tls = match scheme {
             "https" => Some(tls_connector(opts.ca_file.as_deref())?),
             _ => None,
@@ -193,7 +212,7 @@ impl HttpSink {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(opts.timeout));
+        http.set_connect_timeout(Some(opts.timeout.0));
         let connector = Connector { http, tls };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -207,8 +226,8 @@ impl HttpSink {
             headers: Arc::new(headers),
             permits: Arc::new(Semaphore::new(opts.concurrency)),
             concurrency: opts.concurrency,
-            timeout: opts.timeout,
-            max_request_bytes: opts.max_request_bytes,
+            timeout: opts.timeout.0,
+            max_request_bytes: opts.max_request_bytes.0 as usize,
             gzip: opts.gzip,
         })
     }
@@ -497,11 +516,12 @@ fn chunks(ends: &[usize], max: usize) -> Vec<Range<usize>> {
 }
 
 /// The header map every POST carries: the extra headers, then the sink's own.
-fn headers(extra: &[(String, String)], gzip: bool) -> Result<HeaderMap, String> {
+fn headers(extra: &Properties, gzip: bool) -> Result<HeaderMap, OptionError> {
     let mut map = HeaderMap::new();
-    for (k, v) in extra {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| format!("http sink: headers: {k:?} is not a valid header name"))?;
+    for (k, v) in extra.iter() {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+            OptionError::new("headers", format!("{k:?}"), "is not a valid header name")
+        })?;
         if [
             CONTENT_TYPE,
             CONTENT_ENCODING,
@@ -510,13 +530,19 @@ fn headers(extra: &[(String, String)], gzip: bool) -> Result<HeaderMap, String> 
         ]
         .contains(&name)
         {
-            return Err(format!(
-                "http sink: headers: {name} is set by the sink itself"
+            return Err(OptionError::new(
+                "headers",
+                name,
+                "is set by the sink itself",
             ));
         }
         // The value is not quoted back: it may be a secret.
         let mut value = HeaderValue::from_str(v).map_err(|_| {
-            format!("http sink: headers: the value of {name} is not a valid header value")
+            OptionError::new(
+                "headers",
+                format!("the value of {name}"),
+                "is not a valid header value",
+            )
         })?;
         value.set_sensitive(true);
         map.append(name, value);
@@ -580,7 +606,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A TLS connector trusting the CAs in `ca_file`, or the system's.
-fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
+fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, OptionError> {
     let path = match ca_file {
         Some(p) => p,
         None => SYSTEM_CA_BUNDLES
@@ -588,13 +614,19 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, S
             .map(Path::new)
             .find(|p| p.exists())
             .ok_or_else(|| {
-                format!(
-                    "http sink: an https url needs CA certificates: none at {}; set ca_file",
-                    SYSTEM_CA_BUNDLES.join(" or ")
+                OptionError::new(
+                    "ca_file",
+                    "nothing",
+                    format!(
+                        "must be set for an https url: no system CA bundle at {}",
+                        SYSTEM_CA_BUNDLES.join(" or ")
+                    ),
                 )
             })?,
     };
-    let bad = |e: &dyn std::fmt::Display| format!("http sink: ca_file {}: {e}", path.display());
+    let bad = |e: &dyn std::fmt::Display| {
+        OptionError::new("ca_file", path.display(), format!("is not usable: {e}"))
+    };
     let pem = std::fs::read(path).map_err(|e| bad(&e))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -609,7 +641,7 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, S
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| format!("http sink: tls: {e}"))?
+    .map_err(|e| bad(&e))?
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -1075,7 +1107,7 @@ mod tests {
             4,
             Event::new("clicks", format!("{{\"pad\":\"{}\"}}", "x".repeat(2 * max))),
         );
-        sink(&srv.url, |o| o.max_request_bytes = max)
+        sink(&srv.url, |o| o.max_request_bytes = ByteSize(max as u64))
             .deliver(&evs)
             .await
             .unwrap();
@@ -1246,7 +1278,7 @@ mod tests {
         .await;
         let sink = sink(&srv.url, |o| {
             o.concurrency = 2;
-            o.max_request_bytes = 1; // one event per POST
+            o.max_request_bytes = ByteSize(1); // one event per POST
         });
         let evs = events(6, |_| false);
         let other = sink.clone();
@@ -1314,10 +1346,12 @@ mod tests {
         })
         .await;
         let start = Instant::now();
-        let err = sink(&srv.url, |o| o.timeout = Duration::from_millis(200))
-            .deliver(&events(3, |_| false))
-            .await
-            .unwrap_err();
+        let err = sink(&srv.url, |o| {
+            o.timeout = HumanDuration(Duration::from_millis(200))
+        })
+        .deliver(&events(3, |_| false))
+        .await
+        .unwrap_err();
         assert!(
             matches!(&err, SinkError::Retryable { message, .. } if message.contains("within 200ms")),
             "{err:?}"
@@ -1329,7 +1363,7 @@ mod tests {
     async fn unauthorized_is_retried_not_bisected() {
         let srv = server(|_, _| Reply::status(401)).await;
         let err = sink(&srv.url, |o| {
-            o.headers = vec![("Authorization".into(), "Bearer expired".into())];
+            o.headers = [("Authorization", "Bearer expired")].into_iter().collect();
         })
         .deliver(&events(50, |_| false))
         .await
@@ -1462,26 +1496,26 @@ mod tests {
                     o.url = "https://host/x".into();
                     o.ca_file = Some("/nonexistent/ca.pem".into());
                 },
-                "ca_file /nonexistent/ca.pem",
+                "/nonexistent/ca.pem",
             ),
             (|o| o.url = "http://user:pw@host/x".into(), "credentials"),
             (|o| o.concurrency = 0, "concurrency"),
-            (|o| o.max_request_bytes = 0, "max_request_bytes"),
-            (|o| o.timeout = Duration::ZERO, "timeout"),
+            (|o| o.max_request_bytes = ByteSize(0), "max_request_bytes"),
+            (|o| o.timeout = HumanDuration(Duration::ZERO), "timeout"),
             (
-                |o| o.headers = vec![("bad header".into(), "x".into())],
+                |o| o.headers = [("bad header", "x")].into_iter().collect(),
                 "header name",
             ),
             (
-                |o| o.headers = vec![("content-type".into(), "text/plain".into())],
+                |o| o.headers = [("content-type", "text/plain")].into_iter().collect(),
                 "set by the sink",
             ),
             (
-                |o| o.headers = vec![("x-token".into(), "a\nb".into())],
+                |o| o.headers = [("x-token", "a\nb")].into_iter().collect(),
                 "value of x-token",
             ),
         ] {
-            let err = new(tweak).unwrap_err();
+            let err = new(tweak).unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
         }
     }

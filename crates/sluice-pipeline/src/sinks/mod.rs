@@ -6,22 +6,15 @@
 //!   pooled keep-alive connections; refused events are found by bisection.
 //! - [`StdoutSink`]: NDJSON envelopes on standard output.
 //! - [`BlackholeSink`]: counts and drops (benchmarks).
-//! - `NatsSink` (feature `nats`): publishes to NATS JetStream.
-//! - `KafkaSink` (feature `kafka`): produces to a Kafka topic.
+//!
+//! The broker sinks (NATS JetStream, Kafka) live in `sluice-brokers`, beside the
+//! broker queues whose message layout they share.
 
 mod file;
 mod http;
-#[cfg(feature = "kafka")]
-mod kafka;
-#[cfg(feature = "nats")]
-mod nats;
 
 pub use self::http::{HttpSink, HttpSinkOptions};
-pub use file::FileSink;
-#[cfg(feature = "kafka")]
-pub use kafka::KafkaSink;
-#[cfg(feature = "nats")]
-pub use nats::{NatsSink, NatsSinkOptions};
+pub use file::{FileSink, FileSinkOptions};
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,12 +1,12 @@
 //! `[auth]` and `[limits]`: who may write which streams, and how fast.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ByteSize, ConfigError};
 
 /// `[auth]`. With no keys, every request is let in, which is refused on a
 /// non-loopback listener unless `allow_unauthenticated` is set.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Serve a non-loopback listener with no keys configured. Default false.
@@ -16,7 +16,7 @@ pub struct AuthConfig {
 }
 
 /// One API key: only its SHA-256 is stored.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// A name for logs and metrics (e.g. the producer's team).
@@ -37,7 +37,7 @@ pub struct KeyConfig {
 /// of its rate; a request is admitted while its bucket is not in debt and is charged
 /// what it carried (checked and charged in one atomic step, so concurrent requests
 /// cannot all slip in), so a large request is never starved.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Events per second over every key; none by default.

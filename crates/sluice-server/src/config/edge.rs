@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ByteSize, HumanDuration};
 
 /// `[tls]`: with `cert` and `key` set, `listen` (and `admin_listen`, unless `admin` is
 /// false) speak only TLS 1.2/1.3, offering ALPN `h2` and `http/1.1`. The files are
 /// re-read on SIGHUP and when they change, without dropping connections.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// The certificate chain, PEM, leaf first.
@@ -46,7 +46,7 @@ impl TlsConfig {
 }
 
 /// `[gateway]`, used by `sluice gateway`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// Ingest nodes, `http://HOST:PORT` (their gRPC `IngestService`): a list, or
@@ -67,7 +67,7 @@ pub struct GatewayConfig {
     /// Upstreams tried for one batch before the producer gets 503. Default 3.
     pub max_attempts: u32,
     /// API key the gateway presents to the upstreams, if they require one.
-    pub upstream_api_key: Option<String>,
+    pub upstream_api_key: Option<sluice_core::Secret>,
     /// Upstream calls in flight at once, per upstream; requests arriving while all
     /// are busy are merged into the next call (per stream). 0 sends one call per
     /// request. Default 2: fewer calls carry more requests each, and each call costs

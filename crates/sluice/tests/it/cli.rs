@@ -26,7 +26,19 @@ fn config_check_accepts_good_and_names_bad_keys_and_values() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is valid"));
+    // The effective configuration, as TOML: what the file set and every default.
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "listen = \"127.0.0.1:8081\"",
+        "kind = \"wal\"",
+        "ack = \"write\"",
+        "max_bytes = \"2 GiB\"",
+        "segment_bytes = \"64 MiB\"",
+        "checkpoint_interval = \"100ms\"",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line} in:\n{shown}");
+    }
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[queue]\nmax_bytes = \"10 KiB\"\n").unwrap();

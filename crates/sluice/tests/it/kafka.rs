@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
+use sluice_brokers::kafka::{KafkaOptions, KafkaQueue, KafkaSink, KafkaSinkOptions};
+use sluice_core::units::HumanDuration;
 use sluice_core::{AppendError, Batch, Consumer, Delivery, Event, Queue, Sink, SinkError};
-use sluice_pipeline::sinks::KafkaSink;
-use sluice_queue::{KafkaOptions, KafkaQueue};
 
 use crate::brokers::{find_binary, missing, Broker};
 use crate::support::free_addr;
@@ -170,9 +170,9 @@ impl Tansu {
 
 fn opts(tansu: &Tansu) -> KafkaOptions {
     KafkaOptions {
-        brokers: tansu.brokers(),
+        url: tansu.brokers(),
         partitions: 4,
-        session_timeout: Duration::from_secs(6),
+        session_timeout: HumanDuration(Duration::from_secs(6)),
         ..KafkaOptions::default()
     }
 }
@@ -312,7 +312,7 @@ async fn the_depth_is_the_groups_lag() {
     };
     let q = KafkaQueue::connect(KafkaOptions {
         // The group watch measures every session timeout (at least 1 s).
-        session_timeout: Duration::from_secs(1),
+        session_timeout: HumanDuration(Duration::from_secs(1)),
         ..opts(&tansu)
     })
     .await
@@ -579,11 +579,12 @@ async fn the_sink_delivers_readable_records_and_rejects_only_the_oversized_one()
     })
     .await
     .unwrap();
-    let sink = KafkaSink::new(&KafkaOptions {
-        brokers: tansu.brokers(),
+    let sink = KafkaSink::connect(&KafkaSinkOptions {
+        url: tansu.brokers(),
         topic: "sunk".into(),
-        ..KafkaOptions::default()
+        ..KafkaSinkOptions::default()
     })
+    .await
     .unwrap();
     assert_eq!(sink.name(), "kafka");
 
@@ -614,7 +615,7 @@ async fn http_ingest_through_kafka_to_files() {
     let Some(tansu) = Tansu::start().await else {
         return;
     };
-    crate::brokers::ingest_to_file(&tansu, &[("queue.kafka.partitions", "4")]).await;
+    crate::brokers::ingest_to_file(&tansu, &[("queue.partitions", "4")]).await;
 }
 
 /// tansu frozen (SIGSTOP) under load, then let go: producers get 503 + Retry-After
@@ -631,10 +632,7 @@ async fn kafka_away_under_load_loses_no_acked_event() {
     };
     crate::brokers::broker_restart_under_load(
         &mut tansu,
-        &[
-            ("queue.kafka.partitions", "4"),
-            ("queue.kafka.session_timeout", "30s"),
-        ],
+        &[("queue.partitions", "4"), ("queue.session_timeout", "30s")],
     )
     .await;
 }
@@ -651,32 +649,41 @@ async fn kafka_two_ingest_two_processors_one_killed() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("sluice.toml");
     // A short session, so the killed processor's partitions move over quickly.
-    std::fs::write(
-        &conf,
-        "[queue.kafka]\npartitions = 4\nsession_timeout = \"6s\"\n",
-    )
-    .unwrap();
+    std::fs::write(&conf, "[queue]\npartitions = 4\nsession_timeout = \"6s\"\n").unwrap();
     crate::brokers::scale_out(&tansu, &["--config", conf.to_str().unwrap()]).await;
 }
 
-/// `--sink kafka://…`: events over the producer's 1 MB message limit go to the
-/// dead-letter files with the reason; the others are in the topic.
+/// `--sink kafka://…` with the sink's own options from the config file: a producer
+/// property (`message.max.bytes` = 4,096) and the topic's partitions reach the
+/// client and the broker. Events over that limit go to the dead-letter files with
+/// the reason; the others are in the topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_the_kafka_sink_refuses_are_dead_lettered() {
     let Some(tansu) = Tansu::start().await else {
         return;
     };
     let url = tansu.url();
-    let node = crate::support::start(
-        &[
-            ("sink.kind", "kafka"),
-            ("sink.url", &url),
-            ("sink.topic", "out"),
-        ],
-        Default::default(),
-    )
-    .await;
-    let big = "x".repeat(1_100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::test_config_file(
+        dir.path(),
+        "[sink]\nkind = \"kafka\"\ntopic = \"out\"\npartitions = 3\n\
+         producer = { \"message.max.bytes\" = 4096 }\n",
+        &[("sink.url", &url)],
+    );
+    let node = crate::support::start_config(config, dir, Default::default()).await;
+    let partitions = {
+        use rdkafka::consumer::Consumer as _;
+        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", tansu.brokers())
+            .create()
+            .unwrap();
+        let m = c
+            .fetch_metadata(Some("out"), Duration::from_secs(5))
+            .unwrap();
+        m.topics()[0].partitions().len()
+    };
+    assert_eq!(partitions, 3, "sink.partitions made the topic");
+    let big = "x".repeat(5000);
     let body: String = (0..20)
         .map(|i| match i % 7 {
             3 => format!("{{\"k\":\"big-{i}\",\"pad\":\"{big}\"}}\n"),

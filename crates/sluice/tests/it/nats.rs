@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hyper::StatusCode;
+use sluice_brokers::nats::{NatsOptions, NatsQueue};
+use sluice_core::units::HumanDuration;
 use sluice_core::{Batch, Event, Queue};
-use sluice_queue::{NatsOptions, NatsQueue};
 
 use crate::brokers::*;
 use crate::support::*;
@@ -23,7 +24,7 @@ async fn jetstream_restarted_under_load_loses_no_acked_event() {
     let Some(mut nats) = NatsServer::start().await else {
         return;
     };
-    broker_restart_under_load(&mut nats, &[("queue.nats.publish_timeout", "1s")]).await;
+    broker_restart_under_load(&mut nats, &[("queue.publish_timeout", "1s")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +35,7 @@ async fn two_ingest_two_processors_one_killed() {
     let dir = tempfile::tempdir().unwrap();
     // A short ack wait, so the killed processor's deliveries come back quickly.
     let conf = dir.path().join("sluice.toml");
-    std::fs::write(&conf, "[queue.nats]\nack_wait = \"3s\"\n").unwrap();
+    std::fs::write(&conf, "[queue]\nack_wait = \"3s\"\n").unwrap();
     scale_out(&nats, &["--config", conf.to_str().unwrap()]).await;
 }
 
@@ -47,7 +48,7 @@ async fn uncommitted_deliveries_come_back_counted() {
     };
     let q = NatsQueue::connect(NatsOptions {
         url: nats.url(),
-        ack_wait: Duration::from_secs(1),
+        ack_wait: HumanDuration(Duration::from_secs(1)),
         ..Default::default()
     })
     .await
@@ -100,7 +101,7 @@ async fn events_the_nats_sink_refuses_are_dead_lettered() {
             ("queue.url", &qurl),
             ("sink.kind", "nats"),
             ("sink.url", &surl),
-            ("sink.nats_stream", "OUT"),
+            ("sink.stream", "OUT"),
         ],
         Default::default(),
     )
@@ -276,4 +277,57 @@ async fn drain(c: &dyn sluice_core::Consumer, n: usize) -> Vec<Event> {
         c.commit(d.token).await.unwrap();
     }
     got
+}
+
+/// The NATS queue's own options from the config reach the server: a seed list whose
+/// first server is down, an authentication token and a stream name. Without the
+/// token the node does not start, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_list_and_a_token_reach_a_secured_server() {
+    let Some(nats) = NatsServer::start_with("authorization { token: \"s3cret-token\" }").await
+    else {
+        return;
+    };
+    let dead = free_addr();
+    let seeds = format!("nats://{dead},{}", nats.url());
+    let dir = tempfile::tempdir().unwrap();
+    let refused = sluice_server::Node::start(
+        test_config(dir.path(), &[("queue.kind", "nats"), ("queue.url", &seeds)]),
+        Default::default(),
+    )
+    .await
+    .err()
+    .expect("no token, no start")
+    .to_string();
+    assert!(refused.contains("connecting to NATS"), "{refused}");
+    assert!(!refused.contains("s3cret"), "{refused}");
+
+    let node = start(
+        &[
+            ("queue.kind", "nats"),
+            ("queue.url", &seeds),
+            ("queue.token", "s3cret-token"),
+            ("queue.stream", "AUTHED"),
+            ("queue.subject_prefix", "authed.events"),
+        ],
+        Default::default(),
+    )
+    .await;
+    let a = Http::h1()
+        .post(&node.events_url("web"), &[JSON], "{\"k\":1}")
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    let out = node.dir.path().join("out").join("web");
+    assert!(wait_until(Duration::from_secs(20), || sink_lines(&out).len() == 1).await);
+    // The stream is the configured one, on the configured subjects.
+    let client = async_nats::ConnectOptions::with_token("s3cret-token".into())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("AUTHED").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.subjects, ["authed.events.>"]);
+    node.node.shutdown();
+    node.node.wait().await;
 }

@@ -25,6 +25,14 @@ pub struct TestNode {
 
 /// Config for a test node: ports 0, a temp data dir, then `flags` (dotted keys).
 pub fn test_config(dir: &Path, flags: &[(&str, &str)]) -> Config {
+    test_config_file(dir, "", flags)
+}
+
+/// [`test_config`] with a config file of `toml` (written to `dir/sluice.toml`) under
+/// the flags.
+pub fn test_config_file(dir: &Path, toml: &str, flags: &[(&str, &str)]) -> Config {
+    let file = dir.join("sluice.toml");
+    std::fs::write(&file, toml).unwrap();
     let mut all = vec![
         ("listen".to_string(), "127.0.0.1:0".to_string()),
         ("admin_listen".to_string(), "127.0.0.1:0".to_string()),
@@ -33,7 +41,7 @@ pub fn test_config(dir: &Path, flags: &[(&str, &str)]) -> Config {
     ];
     all.extend(flags.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Config::load(Sources {
-        file: None,
+        file: Some(&file),
         env: Vec::new(),
         flags: all,
     })

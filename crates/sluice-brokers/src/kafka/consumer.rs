@@ -30,7 +30,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_core::{BoxFuture, ConsumeError, Consumer, Delivery, Event};
 
 use super::record::{decode_record, quarantine};
-use crate::tracker::CommitTracker;
+use sluice_queue::CommitTracker;
 
 /// A member of the consumer group named like the sluice consumer.
 pub(super) struct KafkaConsumer {

@@ -7,17 +7,18 @@ use rdkafka::ClientContext;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{KafkaOptions, TracingContext};
+use super::{Error, Topic, TracingContext};
 
 /// Whether `topic` exists with at least one partition, asking the brokers through
 /// `producer` (a blocking call, so on a blocking thread). `Err` when no broker
 /// answered within `timeout`.
 pub(super) async fn exists<C: ClientContext + 'static>(
     producer: Arc<FutureProducer<C>>,
-    topic: &str,
+    topic: &Topic<'_>,
     timeout: Duration,
-) -> Result<bool, String> {
-    let topic = topic.to_string();
+) -> Result<bool, Error> {
+    let brokers = topic.brokers();
+    let topic = topic.name.to_string();
     tokio::task::spawn_blocking(move || {
         producer
             .client()
@@ -27,23 +28,24 @@ pub(super) async fn exists<C: ClientContext + 'static>(
                     .iter()
                     .any(|t| t.name() == topic && !t.partitions().is_empty())
             })
-            .map_err(|e| format!("kafka brokers did not answer within {timeout:?}: {e}"))
+            .map_err(|e| Error::Unreachable {
+                brokers,
+                timeout,
+                message: e.to_string(),
+            })
     })
     .await
-    .map_err(|e| e.to_string())?
+    .expect("a metadata lookup panicked")
 }
 
 /// Creates the topic with the configured partitions and replication; one that
 /// exists already is fine.
-pub(super) async fn create(opts: &KafkaOptions, timeout: Duration) -> Result<(), String> {
-    let admin: AdminClient<TracingContext> = super::client_config(opts)
+pub(super) async fn create(t: &Topic<'_>, timeout: Duration) -> Result<(), Error> {
+    let admin: AdminClient<TracingContext> = t
+        .client_config()
         .create_with_context(TracingContext)
-        .map_err(|e| format!("creating a kafka admin client: {e}"))?;
-    let topic = NewTopic::new(
-        &opts.topic,
-        opts.partitions,
-        TopicReplication::Fixed(opts.replication),
-    );
+        .map_err(|e| t.client_error("admin client", e))?;
+    let topic = NewTopic::new(t.name, t.partitions, TopicReplication::Fixed(t.replication));
     let created = admin
         .create_topics(
             [&topic],
@@ -52,16 +54,20 @@ pub(super) async fn create(opts: &KafkaOptions, timeout: Duration) -> Result<(),
         .await;
     // The admin client's drop joins its thread; keep it off the runtime.
     let _ = tokio::task::spawn_blocking(move || drop(admin)).await;
-    for result in created.map_err(|e| format!("creating kafka topic {}: {e}", opts.topic))? {
+    let failed = |message: String| Error::Topic {
+        topic: t.name.to_string(),
+        message,
+    };
+    for result in created.map_err(|e| failed(e.to_string()))? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(format!("creating kafka topic {name}: {code}")),
+            Err((_, code)) => return Err(failed(code.to_string())),
         }
     }
     tracing::info!(
-        topic = %opts.topic,
-        partitions = opts.partitions,
-        replication = opts.replication,
+        topic = %t.name,
+        partitions = t.partitions,
+        replication = t.replication,
         "created kafka topic"
     );
     Ok(())

@@ -8,12 +8,13 @@
 //! others are delivered; any other failure is retryable, and a retry may write some
 //! records twice (at-least-once).
 
+use super::{
+    encode_record, topic, Error, KafkaSinkOptions, TracingContext, CONNECT_TIMEOUT,
+    DELIVERY_TIMEOUT,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use sluice_core::{BoxFuture, Event, Rejection, Sink, SinkError};
-use sluice_queue::kafka::{
-    encode_record, producer_config, KafkaOptions, TracingContext, DELIVERY_TIMEOUT,
-};
 
 /// Produces events to one Kafka topic.
 pub struct KafkaSink {
@@ -22,13 +23,17 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// A sink producing to `opts.topic` on `opts.brokers`, with the client and
-    /// producer properties of `opts`. Connects lazily: an unreachable broker shows as
-    /// retryable delivery failures.
-    pub fn new(opts: &KafkaOptions) -> Result<KafkaSink, String> {
-        let producer = producer_config(opts, &[])
+    /// A sink producing to `opts.topic`, which it creates with `opts.partitions`
+    /// and `opts.replication` if it is missing (so the brokers must answer now);
+    /// afterwards an unreachable broker shows as retryable delivery failures.
+    pub async fn connect(opts: &KafkaSinkOptions) -> Result<KafkaSink, Error> {
+        opts.validate()?;
+        let topic = opts.topic();
+        topic::create(&topic, CONNECT_TIMEOUT).await?;
+        let producer = topic
+            .producer_config(&opts.producer, &[])
             .create_with_context(TracingContext)
-            .map_err(|e| format!("creating a kafka producer for {}: {e}", opts.brokers))?;
+            .map_err(|e| topic.client_error("producer", e))?;
         Ok(KafkaSink {
             producer,
             topic: opts.topic.clone(),

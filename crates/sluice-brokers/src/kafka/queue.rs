@@ -1,89 +1,5 @@
-//! Kafka as a [`Queue`]: every sluice stream goes to ONE topic, partitioned by the
-//! event's key (or id); consumers are members of a consumer group named like the
-//! sluice consumer.
-//!
-//! # Record encoding (a public contract; the Kafka sink writes the same)
-//!
-//! ```text
-//! key        event.key if it has one, else event.id (UTF-8)
-//! value      event.payload, verbatim
-//! timestamp  event.received_at_unix_nanos / 1_000_000 (CreateTime, ms)
-//! headers    sluice_proto::broker::headers: sluice-id, sluice-stream,
-//!            sluice-received-at, [sluice-timestamp], [sluice-key], then the
-//!            event's own headers, verbatim, in order
-//! ```
-//!
-//! The headers are the layout every broker queue and sink shares
-//! ([`sluice_proto::broker`]); an event's own headers never use one of its reserved
-//! names in any case, nor a broker's control names, nor a malformed name or value
-//! (see [`validate_event`]); all header values are UTF-8. Decoding rebuilds an
-//! identical [`Event`](sluice_core::Event), and refuses a record whose sluice headers
-//! are missing or repeated or whose stream name, id or key is invalid: the consumer
-//! hands such a record to the dead-letter sink as a quarantine event
-//! ([`sluice_core::Delivery::unreadable`]), logged as an error, never to the main sink.
-//!
-//! # Producing
-//!
-//! One idempotent producer (`enable.idempotence`, `acks=all`, see
-//! [`producer_config`]). [`Queue::append`] produces every event of the batch and
-//! resolves once every delivery report is OK, within [`DELIVERY_TIMEOUT`] (10 s) or
-//! with [`AppendError::Backend`]: a dead broker answers in bounded time. Kafka has no
-//! atomic multi-record append outside transactions, so a failed append may have
-//! stored part of the batch; the client retries it and sluice is at-least-once.
-//!
-//! - Bytes waiting for their reports are bounded by
-//!   [`KafkaOptions::max_buffered_bytes`]; past it appends are refused with
-//!   [`AppendError::Full`] (the batch handed back, nothing sent).
-//! - An event larger than [`MAX_MESSAGE_BYTES`] fails the append with
-//!   [`AppendError::TooLarge`].
-//! - A batch with an event that [`validate_event`] refuses is refused, before
-//!   anything is sent, with [`AppendError::Backend`] (no variant fits better): ingest
-//!   checks the same rules first and answers 400 itself.
-//! - Deduplication: the idempotent producer's broker-side dedupe keys on librdkafka's
-//!   producer id and per-partition sequence numbers, which it assigns to each record
-//!   it sends; it only drops librdkafka's own resends of a record and never looks at
-//!   the event id or key. So no producer can suppress another's event; a producer's
-//!   retry of a request is a new record (at-least-once), and consumers dedupe by
-//!   `sluice-id`.
-//! - After a failed append, if the brokers answer, the topic is recreated if it is
-//!   gone and the producer is replaced (at most every 5 s): a broker that lost its
-//!   state (restarted empty) otherwise leaves an idempotent producer failing for
-//!   good with `UNKNOWN_PRODUCER_ID` or unknown partitions. The topic is created by
-//!   sluice only (`allow.auto.create.topics=false`), with the configured partitions.
-//!
-//! # Consuming
-//!
-//! See the `consumer` module: manual commits of each partition's contiguous done
-//! prefix (`enable.auto.commit=false`, `enable.auto.offset.store=false`), a
-//! synchronous commit of revoked partitions on rebalance, at-least-once.
-//!
-//! Beside each consumer a thread watches the group (the `watch` module): it measures
-//! the lag, and leaves and rejoins the group when another member's partitions have a
-//! backlog that has not moved for three session timeouts (a broker that does not
-//! rebalance after a member died).
-//!
-//! # Health
-//!
-//! The producer reports its broker connections every second (librdkafka
-//! statistics); while none is up, [`Queue::health`] is `Err`, so ingest answers 503
-//! at once and `/readyz` says why.
-//!
-//! # Stats
-//!
-//! [`Queue::stats`] reports `depth_events` = the consumer group's lag (committed
-//! offsets to high watermarks, summed over partitions, refreshed every session
-//! timeout; 0 on a node without a consumer), `depth_bytes` = bytes produced but not
-//! yet acknowledged by the broker, `capacity_bytes` = `max_buffered_bytes`.
-
-mod consumer;
-mod record;
-mod topic;
-mod watch;
-
-pub use record::{
-    decode_record, encode_record, record_key, validate_event, DecodeError, EncodeError, HEADER_ID,
-    HEADER_KEY,
-};
+//! [`KafkaQueue`]: the producer side (appends, the byte bound, repairs) and the
+//! consumers it hands out; see the module docs of [`super`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -95,133 +11,12 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, ClientContext};
 use sluice_core::{AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats};
 
-use consumer::KafkaConsumer;
+use super::consumer::{self, KafkaConsumer};
+use super::{
+    client_error, encode_record, log, topic, Error, KafkaOptions, CLOSE_TIMEOUT, CONNECT_TIMEOUT,
+    DELIVERY_TIMEOUT, MAX_MESSAGE_BYTES, REPAIR_INTERVAL, RETRY_AFTER, STATS_INTERVAL,
+};
 
-/// How long the acknowledgement of an append (or a sink delivery) may take: the
-/// producer's `message.timeout.ms`, and a deadline of its own on top. Past it the
-/// append fails with [`AppendError::Backend`].
-pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The largest record the producer sends (`message.max.bytes`, librdkafka's default).
-pub const MAX_MESSAGE_BYTES: usize = 1_000_000;
-
-/// How long [`KafkaQueue::connect`] waits for the brokers' metadata.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a producer refused by a full buffer is told to wait.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// The least time between two producer repairs (see the module docs).
-const REPAIR_INTERVAL: Duration = Duration::from_secs(5);
-
-/// How often the queue's producer reports its broker connections (see
-/// [`Queue::health`]).
-const STATS_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How long [`Queue::close`] waits for dropped consumers to leave their group, and
-/// then for outstanding delivery reports.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Settings of the Kafka queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KafkaOptions {
-    /// Bootstrap brokers, `host:port[,host:port]`. Default `localhost:9092`.
-    pub brokers: String,
-    /// The one topic holding every sluice stream. Default `sluice-events`.
-    pub topic: String,
-    /// Partitions of the topic when sluice creates it; bounds how many consumers
-    /// share the work. Default 12.
-    pub partitions: i32,
-    /// Replication factor of the topic when sluice creates it. Default 1.
-    pub replication: i32,
-    /// Bytes produced but not yet acknowledged, past which appends are refused with
-    /// 429; bounds the producer's memory. Default 64 MiB.
-    pub max_buffered_bytes: usize,
-    /// Consumer group session timeout: how long a dead member keeps its partitions.
-    /// Default 10 s.
-    pub session_timeout: Duration,
-    /// Extra librdkafka properties for every client sluice makes (producer,
-    /// consumer, admin), e.g. `security.protocol`, `sasl.*`, `ssl.*`. Default none.
-    pub client: Vec<(String, String)>,
-    /// Extra librdkafka properties for the producer, applied last (e.g.
-    /// `linger.ms`, `compression.type`). Default none.
-    pub producer: Vec<(String, String)>,
-    /// Extra librdkafka properties for the consumer, applied last (e.g.
-    /// `fetch.max.bytes`, `debug`). Default none.
-    pub consumer: Vec<(String, String)>,
-}
-
-impl Default for KafkaOptions {
-    fn default() -> Self {
-        KafkaOptions {
-            brokers: "localhost:9092".into(),
-            topic: "sluice-events".into(),
-            partitions: 12,
-            replication: 1,
-            max_buffered_bytes: 64 << 20,
-            session_timeout: Duration::from_secs(10),
-            client: Vec::new(),
-            producer: Vec::new(),
-            consumer: Vec::new(),
-        }
-    }
-}
-
-/// Creates `opts.topic` with `opts.partitions` and `opts.replication` unless it
-/// exists (the Kafka sink's topic; the queue makes its own on connect).
-pub async fn ensure_topic(opts: &KafkaOptions) -> Result<(), String> {
-    topic::create(opts, CONNECT_TIMEOUT).await
-}
-
-/// `bootstrap.servers` and the properties of `opts.client`: the start of every
-/// client's configuration.
-fn client_config(opts: &KafkaOptions) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &opts.brokers)
-        .set_log_level(log_level());
-    for (k, v) in &opts.client {
-        c.set(k, v);
-    }
-    c
-}
-
-/// The settings of the idempotent producer shared by the Kafka queue and the Kafka
-/// sink: `opts.client`, `enable.idempotence=true`, `acks=all`, `message.timeout.ms`
-/// = [`DELIVERY_TIMEOUT`], `message.max.bytes` = [`MAX_MESSAGE_BYTES`], then the
-/// caller's `extra`, then `opts.producer` (so a user's property wins).
-pub fn producer_config(opts: &KafkaOptions, extra: &[(&str, String)]) -> ClientConfig {
-    let mut c = client_config(opts);
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set(
-            "message.timeout.ms",
-            DELIVERY_TIMEOUT.as_millis().to_string(),
-        )
-        .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
-    for (k, v) in extra {
-        c.set(*k, v);
-    }
-    for (k, v) in &opts.producer {
-        c.set(k, v);
-    }
-    c
-}
-
-/// A client context that sends librdkafka's log lines and errors to `tracing`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TracingContext;
-
-impl ClientContext for TracingContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        client_error(None, &error, reason);
-    }
-}
-
-/// The queue producer's context: logs like [`TracingContext`], and tells from
 /// librdkafka's statistics (every [`STATS_INTERVAL`]) whether any broker
 /// connection is up, for [`Queue::health`].
 struct QueueContext {
@@ -250,49 +45,7 @@ impl ClientContext for QueueContext {
 
 /// Logs an error librdkafka reports on its own. Lost connections are repeated many
 /// times a second while a broker is away and show up as failed calls anyway, so they
-/// are debug lines.
-fn client_error(group: Option<&str>, error: &KafkaError, reason: &str) {
-    let transport = matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
-    );
-    if transport {
-        tracing::debug!(group, error = %error, reason, "kafka broker connection failed");
-    } else {
-        tracing::warn!(group, error = %error, reason, "kafka client error");
-    }
-}
 
-/// The most verbose librdkafka level that [`log`] would not throw away. librdkafka
-/// drops lines above the level a client is created with, and rdkafka's default
-/// follows the `log` crate, which sluice does not use.
-fn log_level() -> RDKafkaLogLevel {
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        RDKafkaLogLevel::Debug
-    } else if tracing::enabled!(tracing::Level::INFO) {
-        RDKafkaLogLevel::Info
-    } else if tracing::enabled!(tracing::Level::WARN) {
-        RDKafkaLogLevel::Warning
-    } else {
-        RDKafkaLogLevel::Error
-    }
-}
-
-fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg
-        | RDKafkaLogLevel::Alert
-        | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => tracing::error!(fac, message, "librdkafka"),
-        RDKafkaLogLevel::Warning => tracing::warn!(fac, message, "librdkafka"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            tracing::info!(fac, message, "librdkafka")
-        }
-        RDKafkaLogLevel::Debug => tracing::debug!(fac, message, "librdkafka"),
-    }
-}
-
-/// The Kafka queue. Cheap to clone.
 #[derive(Clone)]
 pub struct KafkaQueue {
     inner: Arc<Inner>,
@@ -320,23 +73,13 @@ struct Inner {
 impl KafkaQueue {
     /// Connects, checks the broker answers (metadata within 5 s), creates the topic if
     /// missing.
-    pub async fn connect(opts: KafkaOptions) -> Result<KafkaQueue, String> {
-        if opts.partitions < 1 || opts.replication < 1 {
-            return Err(format!(
-                "kafka partitions and replication must be at least 1; got {} and {}",
-                opts.partitions, opts.replication
-            ));
-        }
-        if opts.session_timeout < Duration::from_millis(10) {
-            return Err(format!(
-                "kafka session_timeout must be at least 10ms; got {:?}",
-                opts.session_timeout
-            ));
-        }
+    pub async fn connect(opts: KafkaOptions) -> Result<KafkaQueue, Error> {
+        opts.validate()?;
+        let topic = opts.topic();
         // librdkafka's own bound is left above ours, so ours refuses first.
-        let kbytes = (opts.max_buffered_bytes / 1024 * 2).clamp(1024, i32::MAX as usize);
-        let config = producer_config(
-            &opts,
+        let kbytes = (opts.max_buffered_bytes.0 / 1024 * 2).clamp(1024, i32::MAX as u64);
+        let config = topic.producer_config(
+            &opts.producer,
             &[
                 ("queue.buffering.max.kbytes", kbytes.to_string()),
                 // sluice creates its topic itself, with the configured partitions.
@@ -352,13 +95,10 @@ impl KafkaQueue {
             .create_with_context(QueueContext {
                 reachable: reachable.clone(),
             })
-            .map_err(|e| format!("creating a kafka producer for {}: {e}", opts.brokers))?;
+            .map_err(|e| topic.client_error("producer", e))?;
         let producer = Arc::new(producer);
-        let exists = topic::exists(producer.clone(), &opts.topic, CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| format!("{e} (brokers {})", opts.brokers))?;
-        if !exists {
-            topic::create(&opts, CONNECT_TIMEOUT).await?;
+        if !topic::exists(producer.clone(), &topic, CONNECT_TIMEOUT).await? {
+            topic::create(&topic, CONNECT_TIMEOUT).await?;
         }
         Ok(KafkaQueue {
             inner: Arc::new(Inner {
@@ -382,7 +122,7 @@ impl KafkaQueue {
     }
 
     fn reserve(&self, bytes: u64) -> Option<Reservation<'_>> {
-        let max = self.inner.opts.max_buffered_bytes as u64;
+        let max = self.inner.opts.max_buffered_bytes.0;
         let buffered = &self.inner.buffered;
         if buffered.fetch_add(bytes, Ordering::AcqRel) + bytes > max {
             buffered.fetch_sub(bytes, Ordering::AcqRel);
@@ -435,7 +175,8 @@ impl Inner {
     /// for good (`UNKNOWN_PRODUCER_ID`, unknown partitions). Brokers that do not
     /// answer are left to librdkafka, which reconnects by itself.
     async fn repair(&self) {
-        let exists = match topic::exists(self.producer(), &self.opts.topic, CONNECT_TIMEOUT).await {
+        let topic = self.opts.topic();
+        let exists = match topic::exists(self.producer(), &topic, CONNECT_TIMEOUT).await {
             Ok(exists) => exists,
             Err(e) => {
                 tracing::debug!(error = %e, "kafka brokers away; not repairing");
@@ -443,7 +184,7 @@ impl Inner {
             }
         };
         if !exists {
-            if let Err(e) = topic::create(&self.opts, CONNECT_TIMEOUT).await {
+            if let Err(e) = topic::create(&topic, CONNECT_TIMEOUT).await {
                 tracing::warn!(error = %e, "recreating the kafka topic failed");
                 return;
             }
@@ -484,11 +225,9 @@ impl KafkaQueue {
             return Err(AppendError::ShuttingDown);
         }
         let bytes = batch.size_hint();
-        if bytes > inner.opts.max_buffered_bytes {
-            return Err(AppendError::TooLarge {
-                bytes,
-                limit: inner.opts.max_buffered_bytes,
-            });
+        let limit = inner.opts.max_buffered_bytes.0 as usize;
+        if bytes > limit {
+            return Err(AppendError::TooLarge { bytes, limit });
         }
         // Encode everything first: a bad event refuses the batch before any is sent.
         let records = batch
@@ -585,8 +324,8 @@ impl Queue for KafkaQueue {
 
     fn consumer(&self, name: &str) -> Result<Box<dyn Consumer>, ConsumeError> {
         let opts = &self.inner.opts;
-        let session_ms = opts.session_timeout.as_millis().max(1);
-        let mut config = client_config(opts);
+        let session_ms = opts.session_timeout.0.as_millis().max(1);
+        let mut config = opts.topic().client_config();
         config
             .set("group.id", name)
             .set("enable.auto.commit", "false")
@@ -597,11 +336,12 @@ impl Queue for KafkaQueue {
                 "heartbeat.interval.ms",
                 (session_ms / 3).clamp(1, 3000).to_string(),
             );
-        for (k, v) in &opts.consumer {
+        for (k, v) in opts.consumer.iter() {
             config.set(k, v);
         }
         let watch_interval = opts
             .session_timeout
+            .0
             .clamp(Duration::from_secs(1), Duration::from_secs(10));
         let consumer = KafkaConsumer::new(
             &config,
@@ -621,7 +361,7 @@ impl Queue for KafkaQueue {
         QueueStats {
             depth_events: self.inner.lag.load(Ordering::Relaxed),
             depth_bytes: self.inner.buffered.load(Ordering::Relaxed),
-            capacity_bytes: self.inner.opts.max_buffered_bytes as u64,
+            capacity_bytes: self.inner.opts.max_buffered_bytes.0,
         }
     }
 
@@ -631,7 +371,7 @@ impl Queue for KafkaQueue {
         } else {
             Err(format!(
                 "no Kafka broker of {} is reachable",
-                self.inner.opts.brokers
+                self.inner.opts.topic().brokers()
             ))
         }
     }

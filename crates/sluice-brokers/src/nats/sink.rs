@@ -17,7 +17,16 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use sluice_core::{BoxFuture, Event, Rejection, Sink, SinkError};
-use sluice_queue::nats::{connect_client, message_headers, subject_for};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::options::serialize_redacted_url;
+use sluice_core::units::HumanDuration;
+use sluice_core::{OptionError, Secret};
+
+use super::{
+    check_name, check_subject_prefix, message_headers, subject_for, Connection, Error, DEFAULT_URL,
+};
 
 /// The `Nats-Msg-Id` of `event` at the sink: the same for every redelivery of one
 /// stored event, different for two requests' events that share a producer id.
@@ -28,27 +37,67 @@ pub fn sink_msg_id(event: &Event) -> String {
     )
 }
 
-/// Where the NATS sink publishes.
-#[derive(Debug, Clone)]
+/// `[sink]` (or `[dead_letter]`) with `kind = "nats"`: where the NATS sink publishes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct NatsSinkOptions {
-    /// Server URL(s), e.g. `nats://127.0.0.1:4222`.
+    /// Server URL(s), comma-separated, as the queue's `url`. Default
+    /// `nats://127.0.0.1:4222`.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
-    /// Events of stream `s` go to `<subject_prefix>.s`; default `sluice.out`.
+    /// An authentication token. Default none.
+    pub token: Option<Secret>,
+    /// A `.creds` file (a user JWT and its NKey seed). Default none.
+    pub credentials_file: Option<PathBuf>,
+    /// A PEM bundle of the CAs to trust for TLS. Default none: the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Events of stream `s` go to `<subject_prefix>.s`. Default `sluice.out`.
     pub subject_prefix: String,
     /// A JetStream stream to create over `<subject_prefix>.>` if it does not exist;
-    /// `None` expects one to be there already.
+    /// unset expects one to be there already.
     pub stream: Option<String>,
-    /// Longest wait for the acks of one delivery; default 10 s.
-    pub timeout: Duration,
+    /// Longest wait for the acks of one delivery. Default `10s`.
+    pub timeout: HumanDuration,
 }
 
 impl Default for NatsSinkOptions {
     fn default() -> Self {
         NatsSinkOptions {
-            url: "nats://127.0.0.1:4222".into(),
+            url: DEFAULT_URL.into(),
+            token: None,
+            credentials_file: None,
+            ca_file: None,
             subject_prefix: "sluice.out".into(),
             stream: None,
-            timeout: Duration::from_secs(10),
+            timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl NatsSinkOptions {
+    /// Checks every option before anything connects.
+    pub fn validate(&self) -> Result<(), OptionError> {
+        self.connection().validate()?;
+        check_subject_prefix(&self.subject_prefix)?;
+        if let Some(name) = &self.stream {
+            check_name("stream", name)?;
+        }
+        if self.timeout.0 < Duration::from_millis(100) {
+            return Err(OptionError::new(
+                "timeout",
+                self.timeout,
+                "must be at least 100ms",
+            ));
+        }
+        Ok(())
+    }
+
+    fn connection(&self) -> Connection<'_> {
+        Connection {
+            url: &self.url,
+            token: self.token.as_ref(),
+            credentials_file: self.credentials_file.as_ref(),
+            ca_file: self.ca_file.as_ref(),
         }
     }
 }
@@ -61,11 +110,12 @@ pub struct NatsSink {
 
 impl NatsSink {
     /// Connects (and creates the stream if one is named and missing).
-    pub async fn connect(opts: NatsSinkOptions) -> Result<NatsSink, String> {
-        let client = connect_client(&opts.url, Duration::from_secs(5)).await?;
+    pub async fn connect(opts: NatsSinkOptions) -> Result<NatsSink, Error> {
+        opts.validate()?;
+        let client = opts.connection().connect().await?;
         let js = jetstream::ContextBuilder::new()
-            .timeout(opts.timeout)
-            .ack_timeout(opts.timeout)
+            .timeout(opts.timeout.0)
+            .ack_timeout(opts.timeout.0)
             .build(client);
         if let Some(name) = &opts.stream {
             js.get_or_create_stream(stream::Config {
@@ -75,7 +125,10 @@ impl NatsSink {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("creating JetStream stream {name}: {e}"))?;
+            .map_err(|e| Error::Stream {
+                stream: name.clone(),
+                message: format!("creating it: {e}"),
+            })?;
         }
         Ok(NatsSink { js, opts })
     }
@@ -144,10 +197,10 @@ impl Sink for NatsSink {
 
     fn deliver<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            match tokio::time::timeout(self.opts.timeout, self.publish(events)).await {
+            match tokio::time::timeout(self.opts.timeout.0, self.publish(events)).await {
                 Ok(r) => r,
                 Err(_) => Err(SinkError::retryable(format!(
-                    "nats sink: no JetStream acks within {:?}",
+                    "nats sink: no JetStream acks within {}",
                     self.opts.timeout
                 ))),
             }

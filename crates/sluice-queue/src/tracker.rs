@@ -88,7 +88,11 @@ mod tests {
 
         fn unfinished(&self) -> Vec<(u64, u64)> {
             let finished = |r: &&(u64, u64)| self.finished.contains(*r);
-            self.handed.iter().filter(|r| !finished(r)).copied().collect()
+            self.handed
+                .iter()
+                .filter(|r| !finished(r))
+                .copied()
+                .collect()
         }
     }
 

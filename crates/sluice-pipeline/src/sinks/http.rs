@@ -760,68 +760,20 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The `Retry-After` delay: delay-seconds, or an IMF-fixdate HTTP-date (a date in
-/// the past means now).
+/// The `Retry-After` delay: delay-seconds, or an HTTP-date (a date in the past means
+/// now). Dates are read by `httpdate`: the IMF-fixdate servers must send and, as RFC
+/// 9110 §5.6.7 asks of recipients, the obsolete RFC 850 and asctime forms; a date whose
+/// weekday does not match it, or that does not exist, is no date.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if value.bytes().all(|c| c.is_ascii_digit()) {
         return value.parse().ok().map(Duration::from_secs);
     }
-    let at = parse_http_date(value)?;
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(
         at.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
-}
-
-/// An IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT` (the HTTP-date form servers must
-/// send; the obsolete RFC 850 and asctime forms are not read).
-fn parse_http_date(s: &str) -> Option<SystemTime> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let b = s.as_bytes();
-    let separators = [
-        (3, b','),
-        (4, b' '),
-        (7, b' '),
-        (11, b' '),
-        (16, b' '),
-        (19, b':'),
-        (22, b':'),
-    ];
-    if b.len() != 29 || !s.ends_with(" GMT") || separators.iter().any(|&(i, c)| b[i] != c) {
-        return None;
-    }
-    let num = |r: Range<usize>| -> Option<u32> {
-        let t = s.get(r)?;
-        if !t.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        t.parse().ok()
-    };
-    let day = num(5..7)?;
-    let month = MONTHS.iter().position(|m| s.get(8..11) == Some(*m))? as u32 + 1;
-    let year = num(12..16)?;
-    let (hour, min, sec) = (num(17..19)?, num(20..22)?, num(23..25)?);
-    if !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    let days = days_from_civil(i64::from(year), month, day);
-    let secs = days * 86_400 + i64::from(hour * 3600 + min * 60 + sec);
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (the era arithmetic of
-/// H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400; // [0, 399]
-    let mp = i64::from((month + 9) % 12); // March = 0
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -1450,14 +1402,21 @@ mod tests {
     #[test]
     fn parses_imf_fixdates() {
         let at = |s| {
-            parse_http_date(s).map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs())
+            httpdate::parse_http_date(s)
+                .ok()
+                .map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs())
         };
         assert_eq!(at("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
         assert_eq!(at("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(at("Wed, 01 Mar 2000 00:00:00 GMT"), Some(951_868_800));
-        assert_eq!(at("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        // RFC 9110 §5.6.7: recipients also read the two obsolete forms.
+        assert_eq!(at("Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(at("Sun Nov  6 08:49:37 1994"), Some(784_111_777));
         assert_eq!(at("Sun, 06 Foo 1994 08:49:37 GMT"), None);
         assert_eq!(at("Sun, 06 Nov 1994 25:49:37 GMT"), None);
+        assert_eq!(at("Mon, 06 Nov 1994 08:49:37 GMT"), None, "wrong weekday");
+        assert_eq!(at("Thu, 31 Feb 2000 00:00:00 GMT"), None, "no such day");
+        assert_eq!(at("Sun, 06 Nov 1994 08:49:37 UTC"), None);
         let mut h = HeaderMap::new();
         h.insert(
             RETRY_AFTER,

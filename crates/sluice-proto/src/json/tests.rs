@@ -52,6 +52,55 @@ fn refuses_invalid_documents_with_a_position() {
     assert!(validate(ok_deep.as_bytes()).is_ok());
 }
 
+/// serde_json's `RawValue` (our oracle) checks only that a `\u` escape has four hex
+/// digits, not that surrogates pair up; `serde_json::Value` would refuse them. We
+/// accept them as the oracle does: the payload is passed on as sent, not decoded.
+#[test]
+fn lone_surrogate_escapes_are_accepted_as_serde_json_raw_value_does() {
+    for doc in [
+        r#"{"k":"\ud800"}"#,
+        r#"{"k":"\udc00"}"#,
+        r#"{"k":"\ud800\u0041"}"#,
+        r#"{"k":"\ud83d\ude00"}"#,
+    ] {
+        assert_eq!(validate(doc.as_bytes()), Ok(()), "{doc}");
+        assert!(serde_ok(doc.as_bytes()), "{doc}");
+    }
+}
+
+/// A million open brackets (a 2 MB body) are refused at the depth limit on a stack
+/// as small as a tokio worker's: the validator does not recurse (a recursive
+/// skipper, as in sonic-rs, aborts the process here).
+#[test]
+fn a_million_open_brackets_are_refused_without_overflowing_a_small_stack() {
+    let doc = "[".repeat(1_000_000) + &"]".repeat(1_000_000);
+    let verdict = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || validate(doc.as_bytes()))
+        .expect("spawn")
+        .join()
+        .expect("no stack overflow");
+    let e = verdict.unwrap_err();
+    assert_eq!(e.what, "nesting deeper than 128 levels");
+    assert_eq!(e.at, 129);
+}
+
+#[test]
+fn invalid_utf8_and_trailing_garbage_are_refused_where_they_start() {
+    for (doc, at, what) in [
+        (&b"{\"k\":\"\xc0\xaf\"}"[..], 6, "invalid UTF-8"),
+        (b"{\"k\":\"\xed\xa0\x80\"}", 6, "invalid UTF-8"),
+        (b"{\"k\":\"\xe2\x82\"}", 6, "invalid UTF-8"),
+        (b"{} x", 3, "trailing characters"),
+        (b"{}}", 2, "trailing characters"),
+        (b"{}\x00", 2, "trailing characters"),
+        (b"{}\x0c", 2, "trailing characters"),
+    ] {
+        assert_eq!(validate(doc), Err(SyntaxError { at, what }), "{doc:?}");
+        assert!(!serde_ok(doc), "serde accepts {doc:?}");
+    }
+}
+
 fn token() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
         "{",

@@ -37,9 +37,9 @@ use crate::Backoff;
 /// How the processor runs.
 #[derive(Debug, Clone)]
 pub struct ProcessorOptions {
-    /// Concurrent deliveries; default one per core.
+    /// Concurrent deliveries; default [`default_workers`] (two per core, at least four).
     pub workers: usize,
-    /// Most events per delivery; default 1,000.
+    /// Most events per delivery; default 5,000.
     pub batch_max_events: usize,
     /// Longest a worker waits for a delivery to fill up to `batch_max_events` before
     /// it delivers what it has; default 20 ms. Under load batches fill at once; at a

@@ -19,8 +19,9 @@ pub struct Event {
     pub key: Option<String>,
     /// When ingest received the event, in nanoseconds since the Unix epoch.
     pub received_at_unix_nanos: i64,
-    /// The producer's own timestamp, if it sent one (0 = none).
-    pub timestamp_unix_nanos: i64,
+    /// The producer's own timestamp, if it sent one. (gRPC and the record encoding
+    /// write none as 0, so `Some(0)` is never made: see [`producer_timestamp`].)
+    pub timestamp_unix_nanos: Option<i64>,
     /// Free-form headers; usually empty.
     pub headers: Vec<(String, String)>,
     /// The producer's bytes, verbatim.
@@ -35,7 +36,7 @@ impl Event {
             stream: stream.into(),
             key: None,
             received_at_unix_nanos: crate::now_unix_nanos(),
-            timestamp_unix_nanos: 0,
+            timestamp_unix_nanos: None,
             headers: Vec::new(),
             payload: payload.into(),
         }
@@ -54,6 +55,12 @@ impl Event {
             + self.payload.len()
             + 32
     }
+}
+
+/// A producer timestamp read from a format that writes none as 0 (protobuf's
+/// default, sluice's record encoding).
+pub fn producer_timestamp(unix_nanos: i64) -> Option<i64> {
+    (unix_nanos != 0).then_some(unix_nanos)
 }
 
 /// A new UUIDv7 as lowercase hyphenated text: unique and ordered by creation time.

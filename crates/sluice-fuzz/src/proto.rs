@@ -204,7 +204,7 @@ pub fn grpc_request(data: &[u8]) {
             }),
             key: (!e.key.is_empty()).then(|| e.key.clone()),
             received_at_unix_nanos: 0,
-            timestamp_unix_nanos: e.timestamp_unix_nanos,
+            timestamp_unix_nanos: sluice_core::producer_timestamp(e.timestamp_unix_nanos),
             headers: e
                 .headers
                 .iter()

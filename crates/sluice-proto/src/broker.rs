@@ -188,11 +188,8 @@ pub fn headers(event: &Event) -> Vec<(&str, Cow<'_, str>)> {
         RECEIVED_AT,
         Cow::Owned(event.received_at_unix_nanos.to_string()),
     ));
-    if event.timestamp_unix_nanos != 0 {
-        h.push((
-            TIMESTAMP,
-            Cow::Owned(event.timestamp_unix_nanos.to_string()),
-        ));
+    if let Some(t) = event.timestamp_unix_nanos {
+        h.push((TIMESTAMP, Cow::Owned(t.to_string())));
     }
     if let Some(k) = &event.key {
         h.push((KEY, Cow::Borrowed(k.as_str())));
@@ -254,7 +251,7 @@ pub fn decode<'a>(
         RECEIVED_AT,
         received.ok_or(DecodeError::Missing(RECEIVED_AT))?,
     )?;
-    let timestamp_unix_nanos = timestamp.map_or(Ok(0), |t| number(TIMESTAMP, t))?;
+    let timestamp_unix_nanos = timestamp.map(|t| number(TIMESTAMP, t)).transpose()?;
     crate::body::validate_payload(&payload, 1).map_err(|e| DecodeError::Payload(e.message))?;
     Ok(Event {
         id: id.to_string(),
@@ -385,7 +382,7 @@ mod tests {
     fn round_trips_every_field() {
         let mut e = Event::new("clicks.eu", &br#"{"a":1}"#[..]);
         e.key = Some("user-7".into());
-        e.timestamp_unix_nanos = 1_700_000_000_123_000_000;
+        e.timestamp_unix_nanos = Some(1_700_000_000_123_000_000);
         e.headers = vec![("trace".into(), "abc".into())];
         let h = headers(&e);
         let back = decode(

@@ -80,7 +80,7 @@ pub fn encode_events(events: &[Event], out: &mut Vec<u8>) {
             None => out.push(0),
         }
         out.extend_from_slice(&e.received_at_unix_nanos.to_le_bytes());
-        out.extend_from_slice(&e.timestamp_unix_nanos.to_le_bytes());
+        out.extend_from_slice(&e.timestamp_unix_nanos.unwrap_or(0).to_le_bytes());
         put_u32(out, e.headers.len());
         for (k, v) in &e.headers {
             put_bytes(out, k.as_bytes());
@@ -134,7 +134,7 @@ fn decode_onto(record: Bytes, events: &mut Vec<Event>) -> Result<(), DecodeError
             _ => Some(r.string("key")?),
         };
         let received_at_unix_nanos = r.i64("received_at")?;
-        let timestamp_unix_nanos = r.i64("timestamp")?;
+        let timestamp_unix_nanos = sluice_core::producer_timestamp(r.i64("timestamp")?);
         let n = r.u32("header_count")? as usize;
         let mut headers = Vec::with_capacity(n.min(64));
         for _ in 0..n {
@@ -215,7 +215,7 @@ mod tests {
         let mut a = Event::new("clicks", Bytes::from_static(b"{\"a\":1}"));
         a.key = Some("user-7".into());
         a.headers = vec![("h".into(), "v".into())];
-        a.timestamp_unix_nanos = 42;
+        a.timestamp_unix_nanos = Some(42);
         let b = Event::new("clicks", Bytes::from_static(b"{}"));
         Batch::new(vec![a, b])
     }

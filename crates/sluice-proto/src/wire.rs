@@ -67,8 +67,8 @@ fn event_len(e: &Event, stream: &str) -> usize {
         n += opt_len(e.stream.as_bytes());
     }
     n += opt_len(e.key.as_deref().unwrap_or_default().as_bytes());
-    if e.timestamp_unix_nanos != 0 {
-        n += 1 + encoded_len_varint(e.timestamp_unix_nanos as u64);
+    if let Some(t) = e.timestamp_unix_nanos {
+        n += 1 + encoded_len_varint(t as u64);
     }
     for (k, v) in &e.headers {
         n += delimited_len(entry_len(k, v));
@@ -101,9 +101,9 @@ pub fn encode_ingest_request<'a>(
             e.key.as_deref().unwrap_or_default().as_bytes(),
             &mut buf,
         );
-        if e.timestamp_unix_nanos != 0 {
+        if let Some(t) = e.timestamp_unix_nanos {
             encode_key(field::TIMESTAMP, WireType::Varint, &mut buf);
-            encode_varint(e.timestamp_unix_nanos as u64, &mut buf);
+            encode_varint(t as u64, &mut buf);
         }
         for (k, v) in &e.headers {
             encode_key(field::HEADERS, WireType::LengthDelimited, &mut buf);
@@ -171,7 +171,7 @@ mod tests {
         let mut e = Event::new(stream, Bytes::from(format!("{{\"n\":{n}}}")));
         if n.is_multiple_of(2) {
             e.key = Some(format!("k{n}"));
-            e.timestamp_unix_nanos = -5 + n as i64;
+            e.timestamp_unix_nanos = sluice_core::producer_timestamp(-5 + n as i64);
             e.headers = vec![("a".into(), "1".into()), ("b".into(), String::new())];
         }
         e
@@ -196,7 +196,10 @@ mod tests {
             };
             assert_eq!(Arc::<str>::from(stream), want.stream);
             assert_eq!(got.key, want.key.clone().unwrap_or_default());
-            assert_eq!(got.timestamp_unix_nanos, want.timestamp_unix_nanos);
+            assert_eq!(
+                sluice_core::producer_timestamp(got.timestamp_unix_nanos),
+                want.timestamp_unix_nanos
+            );
             let mut headers: Vec<_> = got.headers.clone().into_iter().collect();
             headers.sort();
             assert_eq!(headers, want.headers);

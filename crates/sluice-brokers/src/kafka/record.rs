@@ -115,7 +115,7 @@ mod tests {
     fn full_event() -> Event {
         let mut e = Event::new("clicks", Bytes::from_static(b"{\"n\":1}"));
         e.key = Some("user-7".into());
-        e.timestamp_unix_nanos = 1_700_000_000_123_456_789;
+        e.timestamp_unix_nanos = Some(1_700_000_000_123_456_789);
         e.headers = vec![
             ("trace".into(), "abc".into()),
             ("trace".into(), "again".into()),

@@ -182,7 +182,7 @@ fn to_events(
             stream,
             key: (!e.key.is_empty()).then_some(e.key),
             received_at_unix_nanos: received_at,
-            timestamp_unix_nanos: e.timestamp_unix_nanos,
+            timestamp_unix_nanos: sluice_core::producer_timestamp(e.timestamp_unix_nanos),
             headers,
             payload: e.payload,
         });

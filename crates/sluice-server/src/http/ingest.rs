@@ -157,7 +157,7 @@ async fn ingest(
             stream: stream.clone(),
             key: None,
             received_at_unix_nanos: received_at,
-            timestamp_unix_nanos: 0,
+            timestamp_unix_nanos: None,
             headers: Vec::new(),
             payload,
         })

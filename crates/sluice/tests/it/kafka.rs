@@ -186,7 +186,7 @@ fn events(stream: &str, n: usize, tag: &str) -> Vec<Event> {
                 e.key = Some(format!("user-{}", i % 5));
             }
             if i % 2 == 0 {
-                e.timestamp_unix_nanos = 1_700_000_000_000_000_000 + i as i64;
+                e.timestamp_unix_nanos = Some(1_700_000_000_000_000_000 + i as i64);
             }
             if i % 4 == 0 {
                 e.headers = vec![

@@ -366,19 +366,6 @@ impl Config {
         nonzero("gateway.eject_after", self.gateway.eject_after as usize)?;
         self.auth.validate()?;
         self.limits.validate()?;
-        if self.auth.keys.is_empty()
-            && !self.auth.allow_unauthenticated
-            && !self.listen.ip().is_loopback()
-        {
-            return Err(ConfigError::Invalid {
-                key: "listen",
-                value: self.listen.to_string(),
-                message: "is not a loopback address and no API keys are configured \
-                          ([[auth.keys]], see `sluice keys generate`); pass \
-                          --allow-unauthenticated to serve it open anyway"
-                    .into(),
-            });
-        }
         if self.http.idle_timeout.0 < Duration::from_millis(10) {
             return Err(ConfigError::Invalid {
                 key: "http.idle_timeout",
@@ -416,6 +403,26 @@ impl Config {
             "http.max_concurrent_streams",
             self.http.max_concurrent_streams as usize,
         )?;
+        Ok(())
+    }
+
+    /// Refuses to serve ingest open to the network: `listen` off loopback needs API
+    /// keys or `auth.allow_unauthenticated`. Checked by every role that serves
+    /// `listen` (not `sluice process`, which binds only the admin listener).
+    pub fn check_open_listener(&self) -> Result<(), ConfigError> {
+        if self.auth.keys.is_empty()
+            && !self.auth.allow_unauthenticated
+            && !self.listen.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid {
+                key: "listen",
+                value: self.listen.to_string(),
+                message: "is not a loopback address and no API keys are configured \
+                          ([[auth.keys]], see `sluice keys generate`); pass \
+                          --allow-unauthenticated to serve it open anyway"
+                    .into(),
+            });
+        }
         Ok(())
     }
 

@@ -41,6 +41,10 @@ pub enum StartError {
     /// The TLS certificate, key or client CA could not be loaded.
     #[error("loading TLS certificates")]
     Tls(#[source] TlsError),
+    /// The configuration does not fit the role (e.g. ingest open to the network
+    /// without API keys).
+    #[error("invalid configuration")]
+    Config(#[source] crate::config::ConfigError),
     /// `sluice ingest` / `sluice process` without a broker queue.
     #[error("{0}")]
     Role(String),
@@ -122,6 +126,9 @@ impl Node {
     /// Opens the queue, binds the listeners and starts every role.
     pub async fn start(config: Config, opts: NodeOptions) -> Result<Node, StartError> {
         let metrics = Arc::new(Metrics::new());
+        if opts.role != Role::Process {
+            config.check_open_listener().map_err(StartError::Config)?;
+        }
         if matches!(opts.role, Role::Ingest | Role::Process) && !config.queue.is_broker() {
             return Err(StartError::Role(format!(
                 "`sluice {}` runs apart from its {}, which needs a shared broker queue \

@@ -215,6 +215,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 env: Config::process_env(),
                 flags: Vec::new(),
             })?;
+            // As `sluice serve` would check it (`sluice process` serves no `listen`).
+            config.check_open_listener()?;
             // The effective configuration (defaults, environment), secrets redacted;
             // itself a valid config file.
             eprintln!("{} is valid; the effective configuration:", file.display());

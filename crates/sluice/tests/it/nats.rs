@@ -331,3 +331,58 @@ async fn a_seed_list_and_a_token_reach_a_secured_server() {
     node.node.shutdown();
     node.node.wait().await;
 }
+
+/// `sluice process` binds no ingest listener, so a `listen` off loopback without
+/// API keys (the container image's default) does not stop it; `sluice ingest` with
+/// the same config refuses to serve ingest open to the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_roles_that_serve_ingest_check_the_open_listener() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let url = nats.url();
+    let flags = [
+        ("queue.kind", "nats"),
+        ("queue.url", url.as_str()),
+        ("listen", "0.0.0.0:0"),
+    ];
+    let start = |role| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(dir.path(), &flags);
+        async move {
+            let r = sluice_server::Node::start(
+                config,
+                sluice_server::NodeOptions {
+                    role,
+                    ..Default::default()
+                },
+            )
+            .await;
+            drop(dir);
+            r
+        }
+    };
+    let refused = start(sluice_server::Role::Ingest)
+        .await
+        .err()
+        .expect("ingest open without keys");
+    let why = anyhow_chain(&refused);
+    assert!(why.contains("is not a loopback address"), "{why}");
+    let node = start(sluice_server::Role::Process)
+        .await
+        .expect("process serves no listen");
+    node.shutdown();
+    node.wait().await;
+}
+
+/// An error and its sources, as `sluice` prints them.
+fn anyhow_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}

@@ -1,4 +1,4 @@
-//! Kafka as a [`Queue`]: every sluice stream goes to ONE topic, partitioned by the
+//! Kafka as a [`Queue`](sluice_core::Queue): every sluice stream goes to ONE topic, partitioned by the
 //! event's key (or id); consumers are members of a consumer group named like the
 //! sluice consumer.
 //!
@@ -25,19 +25,19 @@
 //! # Producing
 //!
 //! One idempotent producer (`enable.idempotence`, `acks=all`, see
-//! [`producer_config`]). [`Queue::append`] produces every event of the batch and
+//! `Topic::producer_config`). [`Queue::append`](sluice_core::Queue::append) produces every event of the batch and
 //! resolves once every delivery report is OK, within [`DELIVERY_TIMEOUT`] (10 s) or
-//! with [`AppendError::Backend`]: a dead broker answers in bounded time. Kafka has no
+//! with [`AppendError::Backend`](sluice_core::AppendError::Backend): a dead broker answers in bounded time. Kafka has no
 //! atomic multi-record append outside transactions, so a failed append may have
 //! stored part of the batch; the client retries it and sluice is at-least-once.
 //!
 //! - Bytes waiting for their reports are bounded by
 //!   [`KafkaOptions::max_buffered_bytes`]; past it appends are refused with
-//!   [`AppendError::Full`] (the batch handed back, nothing sent).
+//!   [`AppendError::Full`](sluice_core::AppendError::Full) (the batch handed back, nothing sent).
 //! - An event larger than [`MAX_MESSAGE_BYTES`] fails the append with
-//!   [`AppendError::TooLarge`].
+//!   [`AppendError::TooLarge`](sluice_core::AppendError::TooLarge).
 //! - A batch with an event that [`validate_event`] refuses is refused, before
-//!   anything is sent, with [`AppendError::Backend`] (no variant fits better): ingest
+//!   anything is sent, with [`AppendError::Backend`](sluice_core::AppendError::Backend) (no variant fits better): ingest
 //!   checks the same rules first and answers 400 itself.
 //! - Deduplication: the idempotent producer's broker-side dedupe keys on librdkafka's
 //!   producer id and per-partition sequence numbers, which it assigns to each record
@@ -65,12 +65,12 @@
 //! # Health
 //!
 //! The producer reports its broker connections every second (librdkafka
-//! statistics); while none is up, [`Queue::health`] is `Err`, so ingest answers 503
+//! statistics); while none is up, [`Queue::health`](sluice_core::Queue::health) is `Err`, so ingest answers 503
 //! at once and `/readyz` says why.
 //!
 //! # Stats
 //!
-//! [`Queue::stats`] reports `depth_events` = the consumer group's lag (committed
+//! [`Queue::stats`](sluice_core::Queue::stats) reports `depth_events` = the consumer group's lag (committed
 //! offsets to high watermarks, summed over partitions, refreshed every session
 //! timeout; 0 on a node without a consumer), `depth_bytes` = bytes produced but not
 //! yet acknowledged by the broker, `capacity_bytes` = `max_buffered_bytes`.
@@ -100,7 +100,7 @@ use sluice_core::{OptionError, Properties};
 
 /// How long the acknowledgement of an append (or a sink delivery) may take: the
 /// producer's `message.timeout.ms`, and a deadline of its own on top. Past it the
-/// append fails with [`AppendError::Backend`].
+/// append fails with [`AppendError::Backend`](sluice_core::AppendError::Backend).
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest record the producer sends (`message.max.bytes`, librdkafka's default).
@@ -116,7 +116,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const REPAIR_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often the queue's producer reports its broker connections (see
-/// [`Queue::health`]).
+/// [`Queue::health`](sluice_core::Queue::health)).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long [`Queue::close`] waits for dropped consumers to leave their group, and

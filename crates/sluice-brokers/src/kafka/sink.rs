@@ -1,5 +1,5 @@
 //! The Kafka sink: one record per event, in the encoding of the Kafka queue
-//! (`sluice_queue::kafka`: payload verbatim, key = event key or id, sluice's headers
+//! (the module docs of [`super`]: payload verbatim, key = event key or id, sluice's headers
 //! first), produced by an idempotent `acks=all` producer.
 //!
 //! A delivery counts once every record is acknowledged. Records Kafka can never take

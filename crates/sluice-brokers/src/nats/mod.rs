@@ -17,7 +17,7 @@
 //!   the server's `max_payload`: header `sluice-batch: 1`, the payload sluice's
 //!   versioned record encoding (see [`sluice_proto::broker`]). Single-event appends
 //!   that arrive while earlier ones are being published are published together, as
-//!   one batch message per stream ([`coalesce`], a group commit for the broker).
+//!   one batch message per stream (`coalesce` in the queue module, a group commit for the broker).
 //!   JetStream stores, acks and delivers per message, and on this project's machine
 //!   its own ceiling was ~30-50k messages/s, so a message per event capped 1,000-event
 //!   requests at that many events/s (bench/RESULTS.md). A poll may hand out up to one
@@ -38,17 +38,17 @@
 //!   is a new append and may store events twice: the queue is at-least-once, and
 //!   consumers dedupe by `sluice-id` (the producer's id, or the server's UUIDv7),
 //!   which is unique only as far as producers make their own ids unique.
-//! - **Reading back.** A message that is not a sluice event as [`broker::decode`]
+//! - **Reading back.** A message that is not a sluice event as [`broker::decode`](sluice_proto::broker::decode)
 //!   reads it (a foreign publish on our subjects, a duplicated `sluice-*` header, an
 //!   invalid stream name, id or key) is never delivered as it is: it goes to the
-//!   dead-letter sink as a [`broker::quarantine`] event in
-//!   [`Delivery::unreadable`], logged as an error, and is acked with its delivery.
+//!   dead-letter sink as a [`broker::quarantine`](sluice_proto::broker::quarantine) event in
+//!   [`Delivery::unreadable`](sluice_core::Delivery::unreadable), logged as an error, and is acked with its delivery.
 //! - **Bounds.** The stream has `max_bytes` and discards *new* messages when full:
 //!   the producer gets 429. Work-queue retention deletes each message once it is
 //!   acked, so the bound is on what is not yet processed.
 //! - **Consumers.** Every processor with the same consumer name pulls from one
 //!   durable consumer, so they share the work. A delivery is acked only on
-//!   [`Consumer::commit`], after the sink has it; while a delivery is held the consumer
+//!   [`Consumer::commit`](sluice_core::Consumer::commit), after the sink has it; while a delivery is held the consumer
 //!   sends progress acks, so a slow or retrying sink does not trigger redelivery, but a
 //!   processor that dies leaves its messages to be redelivered to the others after
 //!   `ack_wait`. Deliveries report JetStream's per-message delivery count, which the

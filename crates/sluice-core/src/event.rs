@@ -12,7 +12,7 @@ use bytes::Bytes;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// Unique, time-ordered id (UUIDv7 text) unless the producer supplied one.
-    pub id: String,
+    pub id: EventId,
     /// The stream the event was written to; shared by the events of a batch.
     pub stream: Arc<str>,
     /// Optional partition / ordering key.
@@ -63,6 +63,74 @@ pub fn producer_timestamp(unix_nanos: i64) -> Option<i64> {
     (unix_nanos != 0).then_some(unix_nanos)
 }
 
+/// An event id: 1 to [`MAX_EVENT_ID_LEN`](crate::MAX_EVENT_ID_LEN) bytes of text
+/// without control characters ([`validate_event_id`](crate::validate_event_id)); a
+/// UUIDv7 unless the producer supplied its own. Only [`EventId::parse`] and sluice's
+/// own generators make one, so every id in an [`Event`] has been checked.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(String);
+
+impl EventId {
+    /// Checks `id` and makes it an event id.
+    pub fn parse(id: impl Into<String>) -> Result<EventId, crate::HeaderError> {
+        let id = id.into();
+        crate::validate_event_id(&id)?;
+        Ok(EventId(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::ops::Deref for EventId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for EventId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for EventId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for EventId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for EventId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl From<EventId> for String {
+    fn from(id: EventId) -> String {
+        id.0
+    }
+}
+
 /// A new UUIDv7 as lowercase hyphenated text: unique and ordered by creation time.
 ///
 /// RFC 9562 method 1 ("fixed-length dedicated counter"): 48 bits of Unix
@@ -70,10 +138,12 @@ pub fn producer_timestamp(unix_nanos: i64) -> Option<i64> {
 /// `rand_b`) that makes ids from this process strictly increasing, then 52 random
 /// bits. The clock and counter live in one atomic, so generating an id is a CAS and a
 /// thread-local RNG draw: no lock and no `getrandom` syscall on the ingest hot path.
-pub fn new_event_id() -> String {
-    uuid::Uuid::from_bytes(next_v7_bytes())
-        .hyphenated()
-        .to_string()
+pub fn new_event_id() -> EventId {
+    EventId(
+        uuid::Uuid::from_bytes(next_v7_bytes())
+            .hyphenated()
+            .to_string(),
+    )
 }
 
 const COUNTER_BITS: u32 = 22;
@@ -97,19 +167,19 @@ pub struct EventIds {
 }
 
 impl Iterator for EventIds {
-    type Item = String;
+    type Item = EventId;
 
-    fn next(&mut self) -> Option<String> {
+    fn next(&mut self) -> Option<EventId> {
         if self.next == self.end {
             return None;
         }
         let state = self.next;
         self.next += 1;
-        Some(
+        Some(EventId(
             uuid::Uuid::from_bytes(v7_bytes(state))
                 .hyphenated()
                 .to_string(),
-        )
+        ))
     }
 }
 
@@ -181,7 +251,7 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_time_ordered() {
-        let ids: Vec<String> = (0..1000).map(|_| new_event_id()).collect();
+        let ids: Vec<EventId> = (0..1000).map(|_| new_event_id()).collect();
         let mut sorted = ids.clone();
         sorted.sort();
         sorted.dedup();
@@ -220,7 +290,7 @@ mod tests {
 
     #[test]
     fn ids_from_many_threads_are_unique() {
-        let ids: Vec<String> = std::thread::scope(|s| {
+        let ids: Vec<EventId> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..4)
                 .map(|_| s.spawn(|| (0..20_000).map(|_| new_event_id()).collect::<Vec<_>>()))
                 .collect();
@@ -234,7 +304,21 @@ mod tests {
                 .flat_map(|h| h.join().unwrap())
                 .collect()
         });
-        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        let unique: std::collections::HashSet<&EventId> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
+    }
+
+    #[test]
+    fn an_event_id_is_checked_text() {
+        assert!(EventId::parse("").is_err());
+        assert!(EventId::parse("a\nb").is_err());
+        assert!(EventId::parse("x".repeat(crate::MAX_EVENT_ID_LEN + 1)).is_err());
+        let id = EventId::parse("order-17").unwrap();
+        assert_eq!(id, "order-17");
+        assert_eq!(id.len(), 8);
+        assert_eq!(format!("{id}"), "order-17");
+        assert_eq!(String::from(id), "order-17");
+        let fresh = new_event_id();
+        assert_eq!(EventId::parse(fresh.as_str()).unwrap(), fresh);
     }
 }

@@ -16,7 +16,7 @@ mod stream;
 mod time;
 pub mod units;
 
-pub use event::{new_event_id, new_event_ids, producer_timestamp, Batch, Event, EventIds};
+pub use event::{new_event_id, new_event_ids, producer_timestamp, Batch, Event, EventId, EventIds};
 pub use header::{
     is_reserved_header, validate_event_id, validate_header, validate_header_name,
     validate_header_value, validate_headers, validate_key, HeaderError, MAX_EVENT_ID_LEN,

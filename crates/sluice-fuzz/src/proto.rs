@@ -192,11 +192,21 @@ pub fn grpc_request(data: &[u8]) {
         .expect("prost's own encoding decodes");
     assert_eq!(again, req);
 
+    // An Event holds only ids sluice accepts; requests with others stop here.
+    let Ok(ids) = req
+        .events
+        .iter()
+        .map(|e| sluice_core::EventId::parse(e.id.clone()))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return;
+    };
     let events: Vec<Event> = req
         .events
         .iter()
-        .map(|e| Event {
-            id: e.id.clone(),
+        .zip(ids)
+        .map(|(e, id)| Event {
+            id,
             stream: Arc::from(if e.stream.is_empty() {
                 req.stream.as_str()
             } else {

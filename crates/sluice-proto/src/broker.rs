@@ -44,7 +44,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice_core::{
     is_reserved_header, validate_event_id, validate_header_name, validate_key,
-    validate_stream_name, Event, HeaderError, StreamNameError, QUARANTINE_STREAM,
+    validate_stream_name, Event, EventId, HeaderError, StreamNameError, QUARANTINE_STREAM,
 };
 
 /// The event id.
@@ -241,7 +241,7 @@ pub fn decode<'a>(
             .map_err(|_| invalid(name, v, "not a decimal integer".into()))
     };
     let id = id.ok_or(DecodeError::Missing(ID))?;
-    validate_event_id(id).map_err(|e| invalid(ID, id, e.to_string()))?;
+    let id = EventId::parse(id).map_err(|e| invalid(ID, id, e.to_string()))?;
     let stream = stream.ok_or(DecodeError::Missing(STREAM))?;
     validate_stream_name(stream).map_err(|e| invalid(STREAM, stream, e.to_string()))?;
     if let Some(k) = key {
@@ -254,7 +254,7 @@ pub fn decode<'a>(
     let timestamp_unix_nanos = timestamp.map(|t| number(TIMESTAMP, t)).transpose()?;
     crate::body::validate_payload(&payload, 1).map_err(|e| DecodeError::Payload(e.message))?;
     Ok(Event {
-        id: id.to_string(),
+        id,
         stream: Arc::from(stream),
         key: key.map(str::to_string),
         received_at_unix_nanos,
@@ -401,7 +401,7 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k, v.into_owned()))
             .collect();
-        h.push(("Nats-Msg-Id", e.id.clone()));
+        h.push(("Nats-Msg-Id", e.id.to_string()));
         let back = decode(
             h.iter().map(|(k, v)| (*k, v.as_str())),
             |n| n.starts_with("Nats-"),

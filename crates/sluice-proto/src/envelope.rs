@@ -134,14 +134,15 @@ mod tests {
     #[test]
     fn envelope_is_json_with_verbatim_data() {
         let mut e = Event::new("clicks", Bytes::from_static(b"{\"x\": [1, 2] }"));
-        e.id = "id-\"1\"\n".into();
+        // Quotes and backslashes are the characters an id may hold that JSON escapes.
+        e.id = sluice_core::EventId::parse("id-\"1\"\\").unwrap();
         e.received_at_unix_nanos = 1_795_806_000_123_000_000;
         let mut out = Vec::new();
         write_line(&e, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\"data\":{\"x\": [1, 2] }}\n"), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["id"], "id-\"1\"\n");
+        assert_eq!(v["id"], "id-\"1\"\\");
         assert_eq!(v["stream"], "clicks");
         assert_eq!(v["received_at"], "2026-11-27T19:00:00.123Z");
         assert!(v["key"].is_null());

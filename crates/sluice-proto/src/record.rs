@@ -32,6 +32,9 @@ pub enum DecodeError {
     /// An unknown version byte.
     #[error("record version {got} is not supported (expected {VERSION})")]
     Version { got: u8 },
+    /// An event id that sluice would never have accepted.
+    #[error("record holds an invalid event id: {0}")]
+    Id(sluice_core::HeaderError),
     /// Bytes left after the last event.
     #[error("record has {extra} trailing bytes")]
     Trailing { extra: usize },
@@ -120,7 +123,7 @@ fn decode_onto(record: Bytes, events: &mut Vec<Event>) -> Result<(), DecodeError
     let count = r.u32("count")? as usize;
     events.reserve(count.min(total / 30 + 1));
     for _ in 0..count {
-        let id = r.string("id")?;
+        let id = sluice_core::EventId::parse(r.string("id")?).map_err(DecodeError::Id)?;
         let stream_bytes = r.bytes("stream")?;
         // A batch is almost always one stream: share the previous event's name.
         let stream = match events[first..].last() {
@@ -242,5 +245,23 @@ mod tests {
             decode(Bytes::from(buf)),
             Err(DecodeError::Trailing { extra: 1 })
         );
+    }
+
+    /// A record holding an id sluice would never have accepted (a control character)
+    /// is refused, not turned into an event.
+    #[test]
+    fn an_invalid_id_is_a_decode_error() {
+        let batch = sample();
+        let mut buf = Vec::new();
+        encode(&batch, &mut buf);
+        let id = batch.events[0].id.as_bytes();
+        let at = buf.windows(id.len()).position(|w| w == id).unwrap();
+        buf[at + 3] = 0x01;
+        assert!(matches!(
+            decode(Bytes::from(buf)),
+            Err(DecodeError::Id(
+                sluice_core::HeaderError::BadValueChar { .. }
+            ))
+        ));
     }
 }

@@ -188,7 +188,7 @@ mod tests {
         assert!(!req.return_ids);
         assert_eq!(req.events.len(), events.len());
         for (got, want) in req.events.iter().zip(&events) {
-            assert_eq!(got.id, want.id);
+            assert_eq!(got.id, want.id.as_str());
             let stream = if got.stream.is_empty() {
                 "main"
             } else {

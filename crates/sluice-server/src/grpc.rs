@@ -481,7 +481,7 @@ async fn append(
         return Err(ApiError::shutting_down());
     }
     let ids = if p.return_ids {
-        p.events.iter().map(|e| e.id.clone()).collect()
+        p.events.iter().map(|e| e.id.to_string()).collect()
     } else {
         Vec::new()
     };

@@ -128,7 +128,7 @@ mod tests {
     fn events_round_trip_identical() {
         let bare = Event::new("s", Bytes::from_static(b"{}"));
         let mut key_is_id = Event::new("s", Bytes::from_static(b"{\"x\":1}"));
-        key_is_id.key = Some(key_is_id.id.clone());
+        key_is_id.key = Some(key_is_id.id.to_string());
         for event in [full_event(), bare, key_is_id] {
             let m = as_read(encode_record("t", &event).unwrap());
             assert_eq!(decode_record(&m).unwrap(), event);

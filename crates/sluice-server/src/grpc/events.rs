@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use sluice_core::{validate_stream_name, Event, MAX_EVENT_ID_LEN};
+use sluice_core::{validate_stream_name, Event, EventId, MAX_EVENT_ID_LEN};
 use sluice_proto::prost::Message;
 use sluice_proto::v1::{self as pb, IngestRequest};
 
@@ -153,14 +153,14 @@ fn to_events(
         sluice_proto::body::validate_payload(&e.payload, n)?;
         let id = if e.id.is_empty() {
             fresh.next().expect("one id reserved per event without one")
-        } else if sluice_core::validate_event_id(&e.id).is_err() {
-            return Err(ApiError::bad_request(
-                "invalid_id",
-                format!("an id has 1 to {MAX_EVENT_ID_LEN} bytes and no control characters"),
-            )
-            .at_event(n));
         } else {
-            e.id
+            EventId::parse(e.id).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_id",
+                    format!("an id has 1 to {MAX_EVENT_ID_LEN} bytes and no control characters"),
+                )
+                .at_event(n)
+            })?
         };
         sluice_core::validate_headers(e.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|(name, err)| {

@@ -164,7 +164,7 @@ async fn ingest(
         .collect();
     let n = events.len();
     let ids: Vec<String> = if want_ids {
-        events.iter().map(|e| e.id.clone()).collect()
+        events.iter().map(|e| e.id.to_string()).collect()
     } else {
         Vec::new()
     };

@@ -271,7 +271,7 @@ fn assert_identical(sent: &[Event], got: &[Event]) {
 }
 
 fn ids(events: &[Event]) -> HashSet<String> {
-    events.iter().map(|e| e.id.clone()).collect()
+    events.iter().map(|e| e.id.to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,7 +295,7 @@ async fn appended_batches_arrive_identical_through_a_consumer() {
         let order = |v: &[Event]| -> Vec<String> {
             v.iter()
                 .filter(|e| e.key.as_deref() == Some(&key))
-                .map(|e| e.id.clone())
+                .map(|e| e.id.to_string())
                 .collect()
         };
         assert_eq!(order(&got), order(&sent), "order of key {key}");
@@ -517,14 +517,14 @@ async fn two_members_share_the_partitions_and_one_takes_over_when_the_other_leav
     let c1 = m1.await.unwrap();
     c1.flush().await.unwrap();
     // At-least-once: duplicates are allowed, changed events are not.
-    let by_id: HashMap<String, Event> = sent.into_iter().map(|e| (e.id.clone(), e)).collect();
+    let by_id: HashMap<String, Event> = sent.into_iter().map(|e| (e.id.to_string(), e)).collect();
     for e in got1
         .lock()
         .unwrap()
         .iter()
         .chain(got2.lock().unwrap().iter())
     {
-        assert_eq!(e, &by_id[&e.id]);
+        assert_eq!(e, &by_id[e.id.as_str()]);
     }
 }
 

@@ -340,7 +340,7 @@ async fn retry_after_is_honoured_through_the_processor() {
     assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
     assert_eq!(
         srv.taken_ids(),
-        evs.iter().map(|e| e.id.clone()).collect::<Vec<_>>()
+        evs.iter().map(|e| e.id.to_string()).collect::<Vec<_>>()
     );
 }
 
@@ -371,7 +371,7 @@ async fn retry_after_past_retry_max_is_capped() {
     );
     assert_eq!(
         srv.taken_ids(),
-        evs.iter().map(|e| e.id.clone()).collect::<Vec<_>>()
+        evs.iter().map(|e| e.id.to_string()).collect::<Vec<_>>()
     );
 }
 
@@ -395,7 +395,7 @@ async fn bisection_rejects_exactly_the_refused_events() {
         .iter()
         .enumerate()
         .filter(|(i, _)| !poison.contains(i))
-        .map(|(_, e)| e.id.clone())
+        .map(|(_, e)| e.id.to_string())
         .collect();
 
     let srv = server(poison_refused).await;

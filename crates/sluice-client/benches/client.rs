@@ -54,29 +54,8 @@ fn client_cost(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = sluice_server::Config::load(sluice_server::config::Sources {
-        file: None,
-        env: Vec::new(),
-        flags: [
-            ("listen", "127.0.0.1:0"),
-            ("admin_listen", "127.0.0.1:0"),
-            ("data_dir", &dir.path().display().to_string()),
-            ("queue.kind", "memory"),
-            ("sink.kind", "blackhole"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-    })
-    .unwrap();
-    let node = server_rt
-        .block_on(sluice_server::Node::start(
-            config,
-            sluice_server::NodeOptions::default(),
-        ))
-        .unwrap();
-    let url = format!("http://{}", node.http_addr);
+    let node = server_rt.block_on(sluice_server::test_util::start_fast(&[]));
+    let url = node.base.clone();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,7 +87,7 @@ fn client_cost(c: &mut Criterion) {
         b.iter_custom(|iters| rt.block_on(burst(&h1, &ep1, &body, iters, 16)))
     });
     g.finish();
-    node.shutdown();
+    node.node.shutdown();
     drop(server_rt);
 }
 

@@ -13,6 +13,8 @@ pub mod http;
 pub mod limit;
 pub mod metrics;
 pub mod node;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod tls;
 
 pub use config::Config;

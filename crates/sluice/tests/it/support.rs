@@ -13,41 +13,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sluice_server::config::Sources;
-use sluice_server::{Config, Node, NodeOptions};
+use sluice_server::{Config, NodeOptions};
 
-/// An in-process `sluice serve` on free ports with its own data dir.
-pub struct TestNode {
-    pub node: Node,
-    pub dir: tempfile::TempDir,
-    pub base: String,
-    pub admin: String,
-}
+pub use sluice_server::test_util::{
+    add_key, metric, start_config, test_config, test_config_file, TestNode,
+};
 
-/// Config for a test node: ports 0, a temp data dir, then `flags` (dotted keys).
-pub fn test_config(dir: &Path, flags: &[(&str, &str)]) -> Config {
-    test_config_file(dir, "", flags)
-}
-
-/// [`test_config`] with a config file of `toml` (written to `dir/sluice.toml`) under
-/// the flags.
-pub fn test_config_file(dir: &Path, toml: &str, flags: &[(&str, &str)]) -> Config {
-    let file = dir.join("sluice.toml");
-    std::fs::write(&file, toml).unwrap();
-    let mut all = vec![
-        ("listen".to_string(), "127.0.0.1:0".to_string()),
-        ("admin_listen".to_string(), "127.0.0.1:0".to_string()),
-        ("data_dir".to_string(), dir.display().to_string()),
-        ("shutdown_grace".to_string(), "10s".to_string()),
-    ];
-    all.extend(flags.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Config::load(Sources {
-        file: Some(&file),
-        env: Vec::new(),
-        flags: all,
-    })
-    .expect("test config is valid")
-}
-
+/// A node with `flags` in a fresh temp dir.
 pub async fn start(flags: &[(&str, &str)], opts: NodeOptions) -> TestNode {
     start_in(tempfile::tempdir().unwrap(), flags, opts).await
 }
@@ -72,33 +44,6 @@ pub async fn start_in(
     }
     let config = test_config(dir.path(), flags);
     start_config(config, dir, opts).await
-}
-
-/// Starts a node from a finished `config` whose files live in `dir`.
-pub async fn start_config(config: Config, dir: tempfile::TempDir, opts: NodeOptions) -> TestNode {
-    let node = Node::start(config, opts).await.unwrap();
-    let base = format!("http://{}", node.http_addr);
-    let admin = format!("http://{}", node.admin_addr);
-    TestNode {
-        node,
-        dir,
-        base,
-        admin,
-    }
-}
-
-/// Adds an API key that may write every stream (limited to `events_per_s` of its
-/// own, if given) to `config`; returns the key.
-pub fn add_key(config: &mut Config, events_per_s: Option<u64>) -> String {
-    let (key, sha256) = sluice_server::auth::generate_key();
-    config.auth.keys.push(sluice_server::config::KeyConfig {
-        name: "test".into(),
-        sha256,
-        streams: vec!["*".into()],
-        events_per_s,
-        bytes_per_s: None,
-    });
-    key
 }
 
 /// A new API key for `streams`: (the key, its `[[auth.keys]]` TOML, with `extra`
@@ -126,22 +71,6 @@ pub fn auth_from_toml(config: &mut Config, dir: &Path, toml: &str) {
     .unwrap();
     config.auth = from_file.auth;
     config.limits = from_file.limits;
-}
-
-impl TestNode {
-    pub fn out_dir(&self, stream: &str) -> PathBuf {
-        self.dir.path().join("out").join(stream)
-    }
-
-    pub fn events_url(&self, stream: &str) -> String {
-        format!("{}/v1/streams/{stream}/events", self.base)
-    }
-
-    /// The Prometheus page of the admin listener.
-    pub async fn metrics(&self) -> String {
-        let a = Http::h1().get(&format!("{}/metrics", self.admin)).await;
-        String::from_utf8(a.body.to_vec()).expect("metrics are text")
-    }
 }
 
 /// A response, read whole.
@@ -267,15 +196,6 @@ pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
-}
-
-/// A metric's value from a Prometheus text page (first series matching the prefix).
-pub fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A free TCP port on 127.0.0.1 for a child process that needs a fixed address, taken

@@ -266,7 +266,7 @@ async fn tls_1_1_is_refused_with_a_protocol_version_alert() {
     assert_eq!(answer[0], 0x15, "an alert record: {answer:?}");
     assert_eq!(answer[5], 2, "fatal: {answer:?}");
     assert_eq!(answer[6], 70, "protocol_version: {answer:?}");
-    let m = node.metrics_tls(&pki).await;
+    let m = metrics_tls(&node, &pki).await;
     assert!(
         metric(
             &m,
@@ -391,11 +391,11 @@ async fn sighup_reloads_certificates() {
     assert!(renewed, "SIGHUP did not reload the certificate");
 }
 
-impl TestNode {
-    /// The metrics page over the admin listener's TLS.
-    async fn metrics_tls(&self, pki: &Pki) -> String {
+/// The metrics page over the admin listener's TLS.
+async fn metrics_tls(node: &TestNode, pki: &Pki) -> String {
+    {
         let s = connect(
-            self.node.admin_addr,
+            node.node.admin_addr,
             client_config(pki, &[b"http/1.1"], TLS13, None),
         )
         .await

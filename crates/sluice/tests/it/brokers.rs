@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
+use crate::procs::*;
 use crate::support::*;
 
 /// Finds a broker binary: `$env_var`, then `PATH`, then the given fallbacks.

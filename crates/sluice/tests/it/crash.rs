@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::procs::*;
 use crate::support::*;
 
 async fn spawn(data: &Path, ack: &str) -> Served {

@@ -13,6 +13,7 @@ use hyper::StatusCode;
 use sluice_server::{NodeOptions, Role};
 use tokio::process::Command;
 
+use crate::procs::*;
 use crate::support::*;
 
 /// A gateway node in this process, forwarding to `upstreams`.

@@ -13,6 +13,7 @@ use sluice_server::NodeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
+use crate::procs::*;
 use crate::support::*;
 
 fn rejected(page: &str, reason: &str) -> f64 {

@@ -1,21 +1,17 @@
-//! Integration tests of sluice: real servers on 127.0.0.1, real files in temp dirs,
-//! real HTTP clients; the crash and shutdown tests run the real binary.
+//! Integration tests of the `sluice` binary and of the broker queues: real servers on
+//! 127.0.0.1, real brokers, real files in temp dirs; the crash, shutdown and
+//! scale-out tests run the real binary. The in-process node tests are in
+//! sluice-server's tests, whose support module this crate shares.
 
-mod auth;
-mod backpressure;
 mod brokers;
 mod cli;
 mod crash;
 mod disk;
 mod gateway;
-mod grpc;
 mod hostile;
-mod http_sink;
-mod ingest;
 mod isolation;
 mod kafka;
-mod limits;
 mod nats;
-mod slow_clients;
+mod procs;
+#[path = "../../../sluice-server/tests/it/support.rs"]
 mod support;
-mod tls;

@@ -1,0 +1,12 @@
+//! Integration tests of sluice's front doors with in-process nodes: real listeners on
+//! 127.0.0.1, real files in temp dirs, real HTTP, gRPC and TLS clients.
+
+mod auth;
+mod backpressure;
+mod grpc;
+mod http_sink;
+mod ingest;
+mod limits;
+mod slow_clients;
+mod support;
+mod tls;

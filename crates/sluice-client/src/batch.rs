@@ -98,6 +98,16 @@ impl Batcher {
 #[error("the batcher has stopped")]
 pub struct Closed;
 
+/// The batching task's state: the buffered body and where it goes.
+struct Pending {
+    client: Client,
+    endpoint: Endpoint,
+    stats: Arc<BatchStats>,
+    summary: BatchSummary,
+    buf: BytesMut,
+    count: usize,
+}
+
 async fn run(
     client: Client,
     endpoint: Endpoint,
@@ -105,9 +115,14 @@ async fn run(
     mut rx: mpsc::Receiver<Bytes>,
     stats: Arc<BatchStats>,
 ) -> BatchSummary {
-    let mut summary = BatchSummary::default();
-    let mut buf = BytesMut::new();
-    let mut count = 0usize;
+    let mut p = Pending {
+        client,
+        endpoint,
+        stats,
+        summary: BatchSummary::default(),
+        buf: BytesMut::new(),
+        count: 0,
+    };
     let mut deadline: Option<Instant> = None;
     loop {
         let next = match deadline {
@@ -117,101 +132,64 @@ async fn run(
             },
             None => rx.recv().await.map(Some),
         };
-        match next {
-            Some(Some(event)) => {
-                let line = event.len() + usize::from(!event.ends_with(b"\n"));
-                if count > 0 && buf.len() + line > options.max_bytes {
-                    flush(
-                        &client,
-                        &endpoint,
-                        &mut buf,
-                        &mut count,
-                        &mut summary,
-                        &stats,
-                    )
-                    .await;
-                }
-                if count == 0 {
-                    deadline = Some(Instant::now() + options.max_wait);
-                }
-                buf.put_slice(&event);
-                if !event.ends_with(b"\n") {
-                    buf.put_u8(b'\n');
-                }
-                count += 1;
-                if count >= options.max_events {
-                    flush(
-                        &client,
-                        &endpoint,
-                        &mut buf,
-                        &mut count,
-                        &mut summary,
-                        &stats,
-                    )
-                    .await;
-                    deadline = None;
-                }
-            }
-            Some(None) => {
-                flush(
-                    &client,
-                    &endpoint,
-                    &mut buf,
-                    &mut count,
-                    &mut summary,
-                    &stats,
-                )
-                .await;
-                deadline = None;
-            }
-            None => {
-                flush(
-                    &client,
-                    &endpoint,
-                    &mut buf,
-                    &mut count,
-                    &mut summary,
-                    &stats,
-                )
-                .await;
-                return summary;
-            }
+        let Some(next) = next else {
+            p.flush().await;
+            return p.summary;
+        };
+        let Some(event) = next else {
+            // max_wait has passed since the first buffered event.
+            p.flush().await;
+            deadline = None;
+            continue;
+        };
+        let line = event.len() + usize::from(!event.ends_with(b"\n"));
+        if p.count > 0 && p.buf.len() + line > options.max_bytes {
+            p.flush().await;
+        }
+        if p.count == 0 {
+            deadline = Some(Instant::now() + options.max_wait);
+        }
+        p.buf.put_slice(&event);
+        if !event.ends_with(b"\n") {
+            p.buf.put_u8(b'\n');
+        }
+        p.count += 1;
+        if p.count >= options.max_events {
+            p.flush().await;
+            deadline = None;
         }
     }
 }
 
-async fn flush(
-    client: &Client,
-    endpoint: &Endpoint,
-    buf: &mut BytesMut,
-    count: &mut usize,
-    summary: &mut BatchSummary,
-    stats: &BatchStats,
-) {
-    if *count == 0 {
-        return;
-    }
-    let body = Body::ndjson(buf.split().freeze());
-    let n = std::mem::take(count);
-    summary.batches += 1;
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    match client.send(endpoint, &body).await {
-        Ok(a) => {
-            summary.events_accepted += a.accepted;
-            summary.bytes_sent += body.bytes.len() as u64;
-            stats
-                .events_accepted
-                .fetch_add(a.accepted, Ordering::Relaxed);
-            stats
-                .bytes_sent
-                .fetch_add(body.bytes.len() as u64, Ordering::Relaxed);
+impl Pending {
+    /// Sends the buffered events as one request (with the client's retries).
+    async fn flush(&mut self) {
+        if self.count == 0 {
+            return;
         }
-        Err(e) => {
-            tracing::warn!(stream = endpoint.stream(), events = n, error = %e, "batch rejected");
-            summary.events_rejected += n as u64;
-            stats.events_rejected.fetch_add(n as u64, Ordering::Relaxed);
-            if summary.errors.len() < 100 {
-                summary.errors.push((n, e));
+        let body = Body::ndjson(self.buf.split().freeze());
+        let n = std::mem::take(&mut self.count);
+        let (summary, stats) = (&mut self.summary, &self.stats);
+        summary.batches += 1;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        match self.client.send(&self.endpoint, &body).await {
+            Ok(a) => {
+                summary.events_accepted += a.accepted;
+                summary.bytes_sent += body.bytes.len() as u64;
+                stats
+                    .events_accepted
+                    .fetch_add(a.accepted, Ordering::Relaxed);
+                stats
+                    .bytes_sent
+                    .fetch_add(body.bytes.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(stream = self.endpoint.stream(), events = n, error = %e, "batch rejected");
+                summary.events_rejected += n as u64;
+                stats.events_rejected.fetch_add(n as u64, Ordering::Relaxed);
+                if summary.errors.len() < 100 {
+                    summary.errors.push((n, e));
+                }
             }
         }
     }

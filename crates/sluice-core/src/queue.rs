@@ -38,6 +38,18 @@ pub enum AppendError {
     Backend { message: String },
 }
 
+/// Why a queue takes no appends right now (see [`Queue::health`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unhealthy {
+    /// A local write or fsync failed: the log refuses appends until the node is
+    /// restarted. The message says what failed and what to do.
+    #[error("{0}")]
+    Failed(String),
+    /// The broker (or every upstream) is unreachable; it may come back by itself.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
 /// Why a consumer call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
@@ -105,10 +117,10 @@ pub trait Queue: Send + Sync + 'static {
     /// Current depth and capacity.
     fn stats(&self) -> QueueStats;
 
-    /// `Err(why)` while the backend is known to be unreachable (a broker connection
-    /// down), so ingest can answer 503 at once and `/readyz` can say so. Local queues
-    /// are always reachable.
-    fn health(&self) -> Result<(), String> {
+    /// `Err(why)` while the backend is known to take no appends (a broker connection
+    /// down, a failed disk), so ingest can answer 503 at once and `/readyz` can say
+    /// so. The default: always healthy.
+    fn health(&self) -> Result<(), Unhealthy> {
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::units::{ByteSize, HumanDuration};
 use sluice_core::{
     AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, OptionError, Queue,
-    QueueStats,
+    QueueStats, Unhealthy,
 };
 use sluice_wal::{Reader, Recovery, SyncMode, Wal, WalObserver, WalOptions};
 use tokio::sync::{oneshot, Notify};
@@ -264,9 +264,9 @@ impl Queue for WalQueue {
 
     /// `Err` once a WAL write or fsync failed: the log refuses appends until the
     /// node is restarted, and the message says what failed and what to do.
-    fn health(&self) -> Result<(), String> {
+    fn health(&self) -> Result<(), Unhealthy> {
         match self.inner.wal.failure() {
-            Some(failure) => Err(failure.to_string()),
+            Some(failure) => Err(Unhealthy::Failed(failure.to_string())),
             None => Ok(()),
         }
     }

@@ -124,8 +124,11 @@ impl IngestState {
     /// is the real check); `bytes` is the request's expected record size.
     pub fn shed_if_full(&self, bytes: u64) -> Result<(), ApiError> {
         // A broker known to be away: 503 now, not after the publish timeout.
-        if let Err(message) = self.queue.health() {
-            return Err(AppendError::Backend { message }.into());
+        if let Err(why) = self.queue.health() {
+            return Err(AppendError::Backend {
+                message: why.to_string(),
+            }
+            .into());
         }
         if self.has_room(bytes) {
             return Ok(());

@@ -50,7 +50,9 @@ use bytes::Bytes;
 use http::Uri;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use sluice_core::{AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats};
+use sluice_core::{
+    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats, Unhealthy,
+};
 use sluice_proto::wire::{encode_ingest_request, PreEncoded};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -131,6 +133,17 @@ impl Failure {
             },
         }
     }
+}
+
+/// Why a connection to an upstream could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connecting: {0}")]
+    Tcp(std::io::Error),
+    #[error("HTTP/2 handshake: {0}")]
+    Handshake(hyper::Error),
+    #[error("no connection within gateway.connect_timeout ({0})")]
+    Timeout(sluice_core::units::HumanDuration),
 }
 
 /// How one attempt on an upstream ended.
@@ -265,7 +278,7 @@ impl Upstreams {
     }
 
     /// A ready connection to `u` (round-robin over its slots), connecting if needed.
-    async fn channel(&self, u: &Upstream) -> Result<Channel, String> {
+    async fn channel(&self, u: &Upstream) -> Result<Channel, ConnectError> {
         let i = u.next.fetch_add(1, Ordering::Relaxed) % u.conns.len();
         let open = |slot: &Mutex<Option<SendRequest<tonic::body::Body>>>| {
             slot.lock()
@@ -284,7 +297,7 @@ impl Upstreams {
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(&u.authority)
                 .await
-                .map_err(|e| format!("connecting: {e}"))?;
+                .map_err(ConnectError::Tcp)?;
             let _ = tcp.set_nodelay(true);
             let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -292,22 +305,17 @@ impl Upstreams {
                 .keep_alive_while_idle(true)
                 .handshake(TokioIo::new(tcp))
                 .await
-                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+                .map_err(ConnectError::Handshake)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }
             });
-            Ok::<_, String>(tx)
+            Ok::<_, ConnectError>(tx)
         };
         let tx = tokio::time::timeout(self.config.connect_timeout.0, connect)
             .await
-            .map_err(|_| {
-                format!(
-                    "no connection within gateway.connect_timeout ({:?})",
-                    self.config.connect_timeout.0
-                )
-            })??;
+            .map_err(|_| ConnectError::Timeout(self.config.connect_timeout))??;
         *u.conns[i].lock().expect("conn lock poisoned") = Some(tx.clone());
         Ok(Channel(tx))
     }
@@ -316,7 +324,7 @@ impl Upstreams {
     async fn attempt(&self, u: &Upstream, req: Bytes) -> Attempt {
         let channel = match self.channel(u).await {
             Ok(c) => c,
-            Err(e) => return Attempt::Failed(e),
+            Err(e) => return Attempt::Failed(e.to_string()),
         };
         let mut client = tonic::client::Grpc::with_origin(channel, u.uri.clone())
             .max_decoding_message_size(64 << 20)
@@ -539,10 +547,10 @@ impl Queue for Upstreams {
             let (done, answer) = tokio::sync::oneshot::channel();
             let start_sender = {
                 let mut m = self.merge.lock().expect("merge lock poisoned");
-                if let Err(reason) = m.has_room(bytes, &self.config) {
+                if let Err(full) = m.has_room(bytes, &self.config) {
                     return Err(AppendError::Full {
                         batch: Box::new(batch),
-                        reason,
+                        reason: full.to_string(),
                         retry_after: Duration::from_secs(1),
                     });
                 }
@@ -575,12 +583,12 @@ impl Queue for Upstreams {
         }
     }
 
-    fn health(&self) -> Result<(), String> {
+    fn health(&self) -> Result<(), Unhealthy> {
         match self.healthy() {
-            0 => Err(format!(
+            0 => Err(Unhealthy::Unreachable(format!(
                 "no healthy upstream (0 of {}; probed every gateway.probe_interval)",
                 self.upstreams.len()
-            )),
+            ))),
             _ => Ok(()),
         }
     }

@@ -20,7 +20,7 @@
 
 use std::sync::OnceLock;
 
-use crate::frame::{self, FrameHead, FRAME_OVERHEAD, HEADER_LEN};
+use crate::frame::{self, Damage, FrameHead, HeaderProblem, FRAME_OVERHEAD, HEADER_LEN};
 
 /// Bytes between two stored prefix CRCs.
 const STRIDE: usize = 64;
@@ -41,7 +41,7 @@ pub struct Run {
 pub struct Bad {
     pub start: u64,
     pub end: u64,
-    pub reason: String,
+    pub reason: Damage,
 }
 
 /// What a whole segment holds.
@@ -49,7 +49,7 @@ pub struct Bad {
 pub struct Analysis {
     pub file_len: u64,
     /// Why the segment header was refused, if it was.
-    pub header_problem: Option<String>,
+    pub header_problem: Option<HeaderProblem>,
     /// Valid frame runs, in file order.
     pub runs: Vec<Run>,
     /// Bad ranges, in file order, interleaved with `runs`. A bad header is the range `0..32` (or more).
@@ -88,16 +88,16 @@ pub fn analyze(data: &[u8], base: u64) -> Analysis {
     let mut off = HEADER_LEN;
     let header_problem =
         match <&[u8; HEADER_LEN as usize]>::try_from(data.get(..32).unwrap_or(data)) {
-            Ok(h) => frame::check_header(h, base).err().map(|p| p.to_string()),
-            Err(_) => Some(format!("short segment header ({} bytes)", data.len())),
+            Ok(h) => frame::check_header(h, base).err(),
+            Err(_) => Some(HeaderProblem::Short(data.len())),
         };
-    if let Some(reason) = &header_problem {
-        a.header_problem = Some(reason.clone());
+    if let Some(problem) = header_problem {
+        a.header_problem = Some(problem);
         let end = resync.next_valid(HEADER_LEN).unwrap_or(file_len);
         a.bad.push(Bad {
             start: 0,
             end,
-            reason: format!("bad segment header: {reason}"),
+            reason: Damage::Header(problem),
         });
         off = end;
     }
@@ -137,25 +137,20 @@ pub fn next_valid(data: &[u8], from: u64) -> Option<u64> {
 }
 
 /// Checks the frame at `off` directly; returns its total length.
-pub fn frame_at(data: &[u8], off: u64) -> Result<u64, String> {
+pub fn frame_at(data: &[u8], off: u64) -> Result<u64, Damage> {
     let file_len = data.len() as u64;
     if off + FRAME_OVERHEAD > file_len {
-        return Err(format!(
-            "short frame header ({} bytes left)",
-            file_len.saturating_sub(off)
-        ));
+        let left = file_len.saturating_sub(off);
+        return Err(Damage::ShortFrameHeader { left });
     }
     let o = off as usize;
     let head = FrameHead::decode(data[o..o + 8].try_into().expect("8 bytes"));
     if off + head.frame_len() > file_len {
-        return Err(format!(
-            "frame of {} bytes runs past the end of the segment ({} bytes left)",
-            head.frame_len(),
-            file_len - off
-        ));
+        let (len, left) = (head.frame_len(), file_len - off);
+        return Err(Damage::PastEnd { len, left });
     }
     if !head.verify(&data[o + 8..o + 8 + head.len as usize]) {
-        return Err("crc mismatch".to_owned());
+        return Err(Damage::Crc);
     }
     Ok(head.frame_len())
 }

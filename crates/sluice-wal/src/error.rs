@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 
+use crate::frame::Damage;
 use thiserror::Error;
 
 /// Why [`Wal::open`](crate::Wal::open) failed.
@@ -30,7 +31,7 @@ pub enum OpenError {
     Corrupt {
         segment: String,
         offset: u64,
-        reason: String,
+        reason: Damage,
         next_valid: u64,
         dir: String,
     },
@@ -156,7 +157,7 @@ pub enum ReadError {
         offset: u64,
         pos: u64,
         skipped_bytes: u64,
-        reason: String,
+        reason: Damage,
     },
     /// An I/O call failed; the reader's position is unchanged.
     #[error("wal read: {op} failed on {file}")]

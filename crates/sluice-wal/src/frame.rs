@@ -71,25 +71,36 @@ pub fn encode_header(base: u64) -> [u8; HEADER_LEN as usize] {
 }
 
 /// Why a segment header was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderProblem {
+    #[error("short ({0} bytes)")]
+    Short(usize),
+    #[error("bad magic")]
     BadMagic,
+    #[error("header checksum mismatch")]
     BadCrc,
+    #[error("unsupported version {0}")]
     UnsupportedVersion(u32),
+    #[error("header names base position {found}, file name another")]
     WrongBase { found: u64 },
 }
 
-impl std::fmt::Display for HeaderProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HeaderProblem::BadMagic => f.write_str("bad magic"),
-            HeaderProblem::BadCrc => f.write_str("header checksum mismatch"),
-            HeaderProblem::UnsupportedVersion(v) => write!(f, "unsupported version {v}"),
-            HeaderProblem::WrongBase { found } => {
-                write!(f, "header names base position {found}, file name another")
-            }
-        }
-    }
+/// What is wrong with the bytes at a place in a segment: the reason every
+/// corruption report (open, read, repair, inspect) carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    #[error("bad segment header: {0}")]
+    Header(HeaderProblem),
+    #[error("short frame header ({left} bytes left)")]
+    ShortFrameHeader { left: u64 },
+    #[error("frame length {len} exceeds max_record_bytes {max}")]
+    TooLong { len: u32, max: u64 },
+    #[error("frame of {len} bytes runs past the end of the data ({left} bytes left)")]
+    PastEnd { len: u64, left: u64 },
+    #[error("short frame payload")]
+    ShortPayload,
+    #[error("crc mismatch")]
+    Crc,
 }
 
 /// Checks a segment header against the base position taken from the file name.

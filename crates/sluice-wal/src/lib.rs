@@ -93,7 +93,7 @@ mod writer;
 pub use error::{
     AppendError, CloseError, CommitError, InspectError, OpenError, ReadError, RepairError,
 };
-pub use frame::{segment_name, FRAME_OVERHEAD, HEADER_LEN};
+pub use frame::{segment_name, Damage, HeaderProblem, FRAME_OVERHEAD, HEADER_LEN};
 pub use inspect::{inspect, inspect_storage, Inspection, SegmentReport};
 pub use mem::MemStorage;
 pub use options::{SyncMode, WalObserver, WalOptions};

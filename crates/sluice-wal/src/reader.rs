@@ -9,7 +9,7 @@ use tracing::{error, warn};
 
 use crate::analysis;
 use crate::error::ReadError;
-use crate::frame::{self, FRAME_OVERHEAD, HEADER_LEN};
+use crate::frame::{self, Damage, FRAME_OVERHEAD, HEADER_LEN};
 use crate::segment::{self, CachedFile};
 use crate::wal::Shared;
 
@@ -257,11 +257,11 @@ enum Problem {
         base: u64,
         limit: u64,
         offset: u64,
-        reason: String,
+        reason: Damage,
     },
     BadHeader {
         base: u64,
-        reason: String,
+        reason: Damage,
     },
 }
 
@@ -272,7 +272,7 @@ impl Problem {
                 base,
                 limit: span.limit,
                 offset: 0,
-                reason: format!("bad segment header: {reason}"),
+                reason,
             },
             other => other,
         }

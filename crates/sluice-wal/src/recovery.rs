@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use crate::analysis;
 use crate::checkpoint;
 use crate::error::OpenError;
-use crate::frame::{self, HEADER_LEN};
+use crate::frame::{self, Damage, HEADER_LEN};
 use crate::repair;
 use crate::segment::{self, CachedFile};
 use crate::storage::{Storage, StorageFile};
@@ -20,7 +20,7 @@ pub struct Recovery {
     /// nothing valid after it, so never acked).
     pub truncated_bytes: u64,
     /// Why the tail was cut, when it was.
-    pub truncate_reason: Option<String>,
+    pub truncate_reason: Option<Damage>,
     /// File offset in the last segment where the cut tail started.
     pub truncated_at: Option<u64>,
     /// Where the cut bytes were copied before the cut (a file in the WAL directory).
@@ -191,7 +191,7 @@ fn recover_tail(
         return Err(OpenError::Corrupt {
             segment: file_name,
             offset: bad.start,
-            reason: bad.reason.clone(),
+            reason: bad.reason,
             next_valid,
             dir: storage.describe(),
         });
@@ -227,7 +227,7 @@ fn recover_tail(
         "torn wal tail (nothing valid after it, so never acked): copied aside and truncated"
     );
     recovery.truncated_bytes = dropped;
-    recovery.truncate_reason = Some(tail.reason.clone());
+    recovery.truncate_reason = Some(tail.reason);
     recovery.truncated_at = Some(cut_at);
     recovery.quarantine_file = quarantine_file;
     if found.header_problem.is_some() {

@@ -37,7 +37,7 @@ use tracing::warn;
 use crate::analysis::{self, Analysis};
 use crate::checkpoint;
 use crate::error::RepairError;
-use crate::frame::{self, HEADER_LEN};
+use crate::frame::{self, Damage, HEADER_LEN};
 use crate::segment;
 use crate::storage::{FsStorage, Storage};
 
@@ -68,7 +68,7 @@ pub struct Quarantined {
     /// File offset in the original segment where the bytes started.
     pub offset: u64,
     pub bytes: u64,
-    pub reason: String,
+    pub reason: Damage,
 }
 
 /// What was done to one segment.
@@ -199,7 +199,7 @@ pub fn repair_storage(storage: &dyn Storage) -> Result<RepairReport, RepairError
                 file: q,
                 offset: bad.start,
                 bytes: bytes.len() as u64,
-                reason: bad.reason.clone(),
+                reason: bad.reason,
             });
         }
         for run in a.runs.iter().filter(|r| r.start != HEADER_LEN) {

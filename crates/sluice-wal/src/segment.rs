@@ -5,7 +5,7 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::frame::{self, FrameHead, HeaderProblem, FRAME_OVERHEAD, HEADER_LEN};
+use crate::frame::{self, Damage, FrameHead, HeaderProblem, FRAME_OVERHEAD, HEADER_LEN};
 use crate::storage::{Storage, StorageFile};
 
 /// Bytes fetched per refill of a [`CachedFile`].
@@ -71,7 +71,7 @@ impl CachedFile {
 pub struct ScanProblem {
     /// File offset of the first bad byte (a frame start, or 0 for the header).
     pub offset: u64,
-    pub reason: String,
+    pub reason: Damage,
     /// File offset of the first valid frame after the bad bytes, if any: then this
     /// is corruption (`sluice wal repair` keeps every valid frame); `None` means a
     /// torn tail (never acked; open cuts it after copying it aside).
@@ -95,34 +95,27 @@ pub fn check_frame(
     offset: u64,
     limit: u64,
     max_record_bytes: u64,
-) -> io::Result<Result<FrameHead, String>> {
+) -> io::Result<Result<FrameHead, Damage>> {
     let head = file.get(offset, FRAME_OVERHEAD as usize, limit)?;
     if head.len() < FRAME_OVERHEAD as usize || offset + FRAME_OVERHEAD > limit {
-        return Ok(Err(format!(
-            "short frame header ({} bytes left)",
-            limit.saturating_sub(offset)
-        )));
+        let left = limit.saturating_sub(offset);
+        return Ok(Err(Damage::ShortFrameHeader { left }));
     }
     let head = FrameHead::decode(head.try_into().expect("8 bytes"));
     if u64::from(head.len) > max_record_bytes {
-        return Ok(Err(format!(
-            "frame length {} exceeds max_record_bytes {max_record_bytes}",
-            head.len
-        )));
+        let (len, max) = (head.len, max_record_bytes);
+        return Ok(Err(Damage::TooLong { len, max }));
     }
     if offset + head.frame_len() > limit {
-        return Ok(Err(format!(
-            "frame of {} bytes runs past the end of the data ({} bytes left)",
-            head.frame_len(),
-            limit - offset
-        )));
+        let (len, left) = (head.frame_len(), limit - offset);
+        return Ok(Err(Damage::PastEnd { len, left }));
     }
     let payload = file.get(offset + FRAME_OVERHEAD, head.len as usize, limit)?;
     if payload.len() != head.len as usize {
-        return Ok(Err("short frame payload".to_owned()));
+        return Ok(Err(Damage::ShortPayload));
     }
     if !head.verify(payload) {
-        return Ok(Err("crc mismatch".to_owned()));
+        return Ok(Err(Damage::Crc));
     }
     Ok(Ok(head))
 }
@@ -132,12 +125,12 @@ pub fn read_header(
     file: &mut CachedFile,
     base: u64,
     file_len: u64,
-) -> io::Result<Result<(), String>> {
+) -> io::Result<Result<(), Damage>> {
     let bytes = file.get(0, HEADER_LEN as usize, file_len)?;
     let Ok(h) = <&[u8; HEADER_LEN as usize]>::try_from(bytes) else {
-        return Ok(Err(format!("short segment header ({} bytes)", bytes.len())));
+        return Ok(Err(Damage::Header(HeaderProblem::Short(bytes.len()))));
     };
-    Ok(frame::check_header(h, base).map_err(|p: HeaderProblem| p.to_string()))
+    Ok(frame::check_header(h, base).map_err(Damage::Header))
 }
 
 /// Frame lengths allowed when reading: whatever the format can hold. The size

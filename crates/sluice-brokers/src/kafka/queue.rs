@@ -9,7 +9,9 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, ClientContext};
-use sluice_core::{AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats};
+use sluice_core::{
+    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats, Unhealthy,
+};
 
 use super::consumer::{self, KafkaConsumer};
 use super::{
@@ -365,14 +367,14 @@ impl Queue for KafkaQueue {
         }
     }
 
-    fn health(&self) -> Result<(), String> {
+    fn health(&self) -> Result<(), Unhealthy> {
         if self.inner.reachable.load(Ordering::Acquire) {
             Ok(())
         } else {
-            Err(format!(
+            Err(Unhealthy::Unreachable(format!(
                 "no Kafka broker of {} is reachable",
                 self.inner.opts.topic().brokers()
-            ))
+            )))
         }
     }
 

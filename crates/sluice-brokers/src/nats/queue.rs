@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use sluice_core::options::redact_url;
 use sluice_core::{
-    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Event, Queue, QueueStats,
+    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Event, Queue, QueueStats, Unhealthy,
 };
 use sluice_proto::broker;
 
@@ -372,13 +372,13 @@ impl Queue for NatsQueue {
         }
     }
 
-    fn health(&self) -> Result<(), String> {
+    fn health(&self) -> Result<(), Unhealthy> {
         match self.client.connection_state() {
             async_nats::connection::State::Connected => Ok(()),
-            state => Err(format!(
+            state => Err(Unhealthy::Unreachable(format!(
                 "NATS connection to {} is {state}",
                 redact_url(&self.opts.url)
-            )),
+            ))),
         }
     }
 

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::units::ByteSize;
 use sluice_core::{
     validate_stream_name, BoxFuture, Event, OptionError, Rejection, Sink, SinkError,
+    StreamNameError,
 };
 
 /// Writes envelopes to `<root>/<stream>/NNNNNNNNNN.ndjson`.
@@ -166,8 +167,9 @@ impl Sink for FileSink {
                 None => {
                     // Checked once per stream of the delivery, not per event: a
                     // refused stream never gets a group, so its events come back here.
-                    if let Err(reason) = stream_dir(&self.inner.root, &e.stream) {
+                    if let Err(invalid) = stream_dir(&self.inner.root, &e.stream) {
                         tracing::error!(stream = ?e.stream.chars().take(64).collect::<String>(), id = %e.id, "file sink refused an event with an invalid stream name");
+                        let reason = invalid.to_string();
                         rejected.push(Rejection { index, reason });
                         continue;
                     }
@@ -211,8 +213,9 @@ impl Inner {
             .entry(stream.to_string())
             .or_default()
             .clone();
-        let dir =
-            stream_dir(&self.root, stream).map_err(|message| SinkError::Permanent { message })?;
+        let dir = stream_dir(&self.root, stream).map_err(|e| SinkError::Permanent {
+            message: e.to_string(),
+        })?;
         let retry = |what: &str, e: std::io::Error| {
             SinkError::retryable(format!("file sink: {what} under {}: {e}", dir.display()))
         };
@@ -378,17 +381,24 @@ impl StreamFile {
     }
 }
 
+/// Why the file sink makes no directory for a stream (the name shown is cut to 64
+/// characters).
+#[derive(Debug, thiserror::Error)]
+enum InvalidStream {
+    #[error("file sink: stream name {0:?} is invalid: {1}")]
+    Name(String, StreamNameError),
+    #[error("file sink: stream name {0:?} is invalid: not a single path component")]
+    NotOneComponent(String),
+}
+
 /// `<root>/<stream>`, or why not: the only way the sink makes a directory path.
-fn stream_dir(root: &Path, stream: &str) -> Result<PathBuf, String> {
-    let refuse = |why: String| {
-        let shown: String = stream.chars().take(64).collect();
-        format!("file sink: stream name {shown:?} is invalid: {why}")
-    };
-    validate_stream_name(stream).map_err(|e| refuse(e.to_string()))?;
+fn stream_dir(root: &Path, stream: &str) -> Result<PathBuf, InvalidStream> {
+    let shown = || stream.chars().take(64).collect();
+    validate_stream_name(stream).map_err(|e| InvalidStream::Name(shown(), e))?;
     let mut parts = Path::new(stream).components();
     match (parts.next(), parts.next()) {
         (Some(Component::Normal(name)), None) if name == stream => Ok(root.join(name)),
-        _ => Err(refuse("not a single path component".into())),
+        _ => Err(InvalidStream::NotOneComponent(shown())),
     }
 }
 

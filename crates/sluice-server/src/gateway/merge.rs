@@ -28,25 +28,28 @@ pub(super) struct Waiter {
     pub(super) done: tokio::sync::oneshot::Sender<Result<(), AppendError>>,
 }
 
+/// Which bound of the gateway's merge queue a request found reached.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Full {
+    #[error("gateway.max_queued_requests ({0}) reached")]
+    Requests(usize),
+    #[error("gateway.max_queued_bytes ({0}) reached")]
+    Bytes(sluice_core::units::ByteSize),
+}
+
 impl Merge {
-    /// Whether a request of `bytes` may join the queue: `Err(why)` past
+    /// Whether a request of `bytes` may join the queue: `Err(bound)` past
     /// `gateway.max_queued_requests` or `gateway.max_queued_bytes`; a lone request
     /// always may.
-    pub(super) fn has_room(&self, bytes: usize, config: &GatewayConfig) -> Result<(), String> {
+    pub(super) fn has_room(&self, bytes: usize, config: &GatewayConfig) -> Result<(), Full> {
         if self.waiting.is_empty() {
             return Ok(());
         }
         if self.waiting.len() >= config.max_queued_requests {
-            return Err(format!(
-                "gateway.max_queued_requests ({}) reached",
-                config.max_queued_requests
-            ));
+            return Err(Full::Requests(config.max_queued_requests));
         }
         if (self.waiting_bytes + bytes) as u64 > config.max_queued_bytes.0 {
-            return Err(format!(
-                "gateway.max_queued_bytes ({}) reached",
-                config.max_queued_bytes
-            ));
+            return Err(Full::Bytes(config.max_queued_bytes));
         }
         Ok(())
     }
@@ -133,11 +136,15 @@ mod tests {
         m.push(w);
         answers.push(a);
         let err = m.has_room(50, &config).unwrap_err();
-        assert!(err.contains("gateway.max_queued_bytes"), "{err}");
+        assert!(matches!(err, Full::Bytes(_)), "{err}");
+        assert!(
+            err.to_string().contains("gateway.max_queued_bytes"),
+            "{err}"
+        );
         let (w, a) = waiter(30);
         m.push(w);
         answers.push(a);
         let err = m.has_room(1, &config).unwrap_err();
-        assert!(err.contains("gateway.max_queued_requests"), "{err}");
+        assert!(matches!(err, Full::Requests(2)), "{err}");
     }
 }

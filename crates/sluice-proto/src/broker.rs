@@ -288,6 +288,48 @@ pub fn decode_batch(stream: &str, payload: Bytes) -> Result<Vec<Event>, DecodeEr
     Ok(events)
 }
 
+/// The events of a message whose headers are `headers`: a batch message's (its only
+/// headers are [`BATCH`] = [`BATCH_VERSION`] and [`STREAM`], once each, besides
+/// those the broker adds, `skip`), or the one event of any other ([`decode`]).
+pub fn decode_messages(
+    headers: &[(&str, &str)],
+    skip: impl Fn(&str) -> bool,
+    payload: Bytes,
+) -> Result<Vec<Event>, DecodeError> {
+    if !headers.iter().any(|(name, _)| *name == BATCH) {
+        return decode(headers.iter().copied(), skip, payload).map(|e| vec![e]);
+    }
+    let (mut version, mut stream) = (None, None);
+    for &(name, value) in headers {
+        let slot = match name {
+            BATCH => &mut version,
+            STREAM => &mut stream,
+            n if skip(n) => continue,
+            n => {
+                return Err(DecodeError::Batch(format!(
+                    "unexpected header {:?}",
+                    quote(n)
+                )))
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(DecodeError::Duplicate(if name == BATCH {
+                BATCH
+            } else {
+                STREAM
+            }));
+        }
+    }
+    if version != Some(BATCH_VERSION) {
+        return Err(DecodeError::Batch(format!(
+            "layout version {:?} is not {BATCH_VERSION}",
+            quote(version.unwrap_or(""))
+        )));
+    }
+    let stream = stream.ok_or(DecodeError::Missing(STREAM))?;
+    decode_batch(stream, payload)
+}
+
 /// What a queue hands the dead-letter sink for a message [`decode`] refused: a fresh
 /// id, stream [`QUARANTINE_STREAM`], received now, the message's headers escaped
 /// (Rust string escapes, at most 4 KiB) in one [`QUARANTINED_HEADERS`] header, and

@@ -68,8 +68,13 @@ pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
 }
 
 /// Appends the encoding of a batch of these events to `out`.
-pub fn encode_events(events: &[Event], out: &mut Vec<u8>) {
-    out.reserve(5 + events.iter().map(event_len).sum::<usize>());
+pub fn encode_events<'a, I>(events: I, out: &mut Vec<u8>)
+where
+    I: IntoIterator<Item = &'a Event>,
+    I::IntoIter: ExactSizeIterator + Clone,
+{
+    let events = events.into_iter();
+    out.reserve(5 + events.clone().map(event_len).sum::<usize>());
     out.push(VERSION);
     put_u32(out, events.len());
     for e in events {

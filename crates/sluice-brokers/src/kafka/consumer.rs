@@ -29,7 +29,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_core::{BoxFuture, ConsumeError, Consumer, Delivery, Event};
 
-use super::record::{decode_record, quarantine};
+use super::record::{decode_records, quarantine};
 use sluice_queue::CommitTracker;
 
 /// A member of the consumer group named like the sluice consumer.
@@ -56,6 +56,8 @@ pub(super) type Closing = Arc<Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>>;
 struct GroupState {
     /// Received, not yet handed out, in receive order.
     buffer: VecDeque<Received>,
+    /// Events (and quarantine events) in `buffer`.
+    buffered_events: usize,
     /// Assigned partitions that have handed out records since their assignment.
     partitions: HashMap<i32, PartitionState>,
     /// Deliveries not yet committed: per partition, the tracker's epoch and the
@@ -71,9 +73,10 @@ struct GroupState {
 struct Received {
     partition: i32,
     offset: i64,
-    /// The event, or for a record that is not a sluice event as it stands, its
-    /// quarantine event and the reason (to the dead-letter sink, never the main one).
-    event: Result<Event, (Event, String)>,
+    /// The record's events (one, or a batch record's), or for a record that is not
+    /// sluice's as it stands, its quarantine event and the reason (to the dead-letter
+    /// sink, never the main one).
+    events: Result<Vec<Event>, (Event, String)>,
 }
 
 struct PartitionState {
@@ -86,9 +89,10 @@ struct PartitionState {
 }
 
 impl GroupState {
-    /// Hands out up to `max` buffered records as one delivery (`None` when nothing
-    /// was buffered). Records that are not events go in its `unreadable`: the
-    /// processor dead-letters them and they commit with the delivery.
+    /// Hands out buffered records as one delivery of about `max` events: whole
+    /// records, so a batch record may pass `max` (`None` when nothing was buffered).
+    /// Records that are not events go in its `unreadable`: the processor
+    /// dead-letters them and they commit with the delivery.
     fn hand_out(&mut self, max: usize) -> Option<Delivery> {
         let mut events = Vec::new();
         let mut unreadable = Vec::new();
@@ -104,9 +108,15 @@ impl GroupState {
                 Some((_, _, end)) => *end = offset + 1,
                 None => ranges.push((r.partition, offset, offset + 1)),
             }
-            match r.event {
-                Ok(e) => events.push(e),
-                Err(q) => unreadable.push(q),
+            match r.events {
+                Ok(mut es) => {
+                    self.buffered_events -= es.len();
+                    events.append(&mut es);
+                }
+                Err(q) => {
+                    self.buffered_events -= 1;
+                    unreadable.push(q);
+                }
             }
         }
         if ranges.is_empty() {
@@ -165,11 +175,12 @@ impl GroupState {
     }
 
     /// Buffers a received record unless it was received already. Returns how many
-    /// records are buffered.
+    /// events are buffered.
     fn receive(&mut self, r: Received) -> usize {
         let end = self.received_end.entry(r.partition).or_insert(r.offset);
         if r.offset >= *end {
             *end = r.offset + 1;
+            self.buffered_events += r.events.as_ref().map_or(1, Vec::len);
             self.buffer.push_back(r);
         } else {
             tracing::debug!(
@@ -178,12 +189,17 @@ impl GroupState {
                 "dropping a kafka record fetched twice"
             );
         }
-        self.buffer.len()
+        self.buffered_events
     }
 
     /// Forgets revoked partitions; returns their done prefixes to commit.
     fn revoke(&mut self, revoked: &[i32]) -> Vec<(i32, u64)> {
         self.buffer.retain(|r| !revoked.contains(&r.partition));
+        self.buffered_events = self
+            .buffer
+            .iter()
+            .map(|r| r.events.as_ref().map_or(1, Vec::len))
+            .sum();
         self.received_end.retain(|p, _| !revoked.contains(p));
         revoked
             .iter()
@@ -296,8 +312,8 @@ impl KafkaConsumer {
     }
 
     fn buffer(&self, message: &BorrowedMessage<'_>) -> usize {
-        let event = match decode_record(message) {
-            Ok(e) => Ok(e),
+        let events = match decode_records(message) {
+            Ok(es) => Ok(es),
             Err(e) => {
                 tracing::error!(
                     topic = %self.topic,
@@ -318,7 +334,7 @@ impl KafkaConsumer {
         lock(&self.state).receive(Received {
             partition: message.partition(),
             offset: message.offset(),
-            event,
+            events,
         })
     }
 
@@ -348,7 +364,7 @@ impl Consumer for KafkaConsumer {
                 return Ok(None);
             };
             let mut failure = None;
-            let mut buffered = lock(&self.state).buffer.len();
+            let mut buffered = lock(&self.state).buffered_events;
             while buffered < max {
                 // `recv` is cancel-safe, and a received record is buffered before the
                 // next await: a dropped poll leaves its records for the next one.
@@ -450,7 +466,7 @@ mod tests {
             state.receive(Received {
                 partition,
                 offset,
-                event: Ok(event),
+                events: Ok(vec![event]),
             });
         }
     }
@@ -502,12 +518,35 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_record_goes_out_whole_and_commits_as_one_offset() {
+        let mut s = GroupState::default();
+        let batch = |offset, n: usize| Received {
+            partition: 0,
+            offset,
+            events: Ok((0..n)
+                .map(|i| Event::new("s", format!("{offset}/{i}")))
+                .collect()),
+        };
+        assert_eq!(s.receive(batch(0, 3)), 3, "buffered counts events");
+        assert_eq!(s.receive(batch(1, 3)), 6);
+        // max 4: the first record (3) and the whole second one (3 more).
+        let a = s.hand_out(4).unwrap();
+        assert_eq!(a.events.len(), 6);
+        assert_eq!(s.buffered_events, 0);
+        assert_eq!(s.receive(batch(2, 2)), 2);
+        let b = s.hand_out(1).unwrap();
+        assert_eq!(b.events.len(), 2, "a record is never split");
+        assert_eq!(s.done(b.token), vec![], "waits for a");
+        assert_eq!(s.done(a.token), vec![(0, 3)]);
+    }
+
+    #[test]
     fn records_that_are_not_events_go_out_as_unreadable_and_commit_with_it() {
         let mut s = GroupState::default();
-        s.buffer.push_back(Received {
+        s.receive(Received {
             partition: 3,
             offset: 7,
-            event: Err((Event::new("_quarantine", "{}"), "no sluice-id".into())),
+            events: Err((Event::new("_quarantine", "{}"), "no sluice-id".into())),
         });
         let d = s.hand_out(10).expect("the unreadable record is handed out");
         assert!(d.events.is_empty());

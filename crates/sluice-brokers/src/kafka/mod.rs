@@ -2,7 +2,9 @@
 //! event's key (or id); consumers are members of a consumer group named like the
 //! sluice consumer.
 //!
-//! # Record encoding (a public contract; the Kafka sink writes the same)
+//! # Record encoding (a public contract)
+//!
+//! One event as one record (the sink always; the queue for a lone event):
 //!
 //! ```text
 //! key        event.key if it has one, else event.id (UTF-8)
@@ -11,6 +13,20 @@
 //! headers    sluice_proto::broker::headers: sluice-id, sluice-stream,
 //!            sluice-received-at, [sluice-timestamp], [sluice-key], then the
 //!            event's own headers, verbatim, in order
+//! ```
+//!
+//! The queue writes the events of one append as **batch records**: the events of one
+//! stream and one key (or all keyless events of one stream) together, cut at
+//! `message.max.bytes` (see `record::batch_runs`), so a key's events stay in one
+//! partition in order, and a broker pays per record, not per event:
+//!
+//! ```text
+//! key        the events' key, else the first event's id
+//! value      the events in sluice's record encoding (sluice_proto::record,
+//!            versioned by its first byte)
+//! timestamp  the first event's receive time (ms)
+//! headers    sluice-batch: 1 (the layout version), sluice-stream: the stream;
+//!            nothing else
 //! ```
 //!
 //! The headers are the layout every broker queue and sink shares
@@ -25,7 +41,7 @@
 //! # Producing
 //!
 //! One idempotent producer (`enable.idempotence`, `acks=all`, see
-//! `Topic::producer_config`). [`Queue::append`](sluice_core::Queue::append) produces every event of the batch and
+//! `Topic::producer_config`). [`Queue::append`](sluice_core::Queue::append) produces every record of the batch and
 //! resolves once every delivery report is OK, within [`DELIVERY_TIMEOUT`] (10 s) or
 //! with [`AppendError::Backend`](sluice_core::AppendError::Backend): a dead broker answers in bounded time. Kafka has no
 //! atomic multi-record append outside transactions, so a failed append may have
@@ -84,8 +100,8 @@ mod watch;
 
 pub use queue::KafkaQueue;
 pub use record::{
-    decode_record, encode_record, record_key, validate_event, DecodeError, EncodeError, HEADER_ID,
-    HEADER_KEY,
+    batch_runs, decode_record, decode_records, encode_batch_record, encode_record, record_key,
+    validate_event, DecodeError, EncodeError, HEADER_ID, HEADER_KEY,
 };
 pub use sink::KafkaSink;
 

@@ -14,10 +14,16 @@ use sluice_core::{
 };
 
 use super::consumer::{self, KafkaConsumer};
+use super::record::{batch_runs, encode_batch_record};
 use super::{
-    client_error, encode_record, log, topic, Error, KafkaOptions, CLOSE_TIMEOUT, CONNECT_TIMEOUT,
-    DELIVERY_TIMEOUT, MAX_MESSAGE_BYTES, REPAIR_INTERVAL, RETRY_AFTER, STATS_INTERVAL,
+    client_error, encode_record, log, topic, validate_event, EncodeError, Error, KafkaOptions,
+    CLOSE_TIMEOUT, CONNECT_TIMEOUT, DELIVERY_TIMEOUT, MAX_MESSAGE_BYTES, REPAIR_INTERVAL,
+    RETRY_AFTER, STATS_INTERVAL,
 };
+
+/// Room in a record under `message.max.bytes` for what is not the record encoding
+/// (key, headers, librdkafka's record overhead).
+const BATCH_HEADROOM: usize = 1024;
 
 /// librdkafka's statistics (every [`STATS_INTERVAL`]) whether any broker
 /// connection is up, for [`Queue::health`].
@@ -58,6 +64,9 @@ struct Inner {
     producer: RwLock<Arc<FutureProducer<QueueContext>>>,
     producer_config: ClientConfig,
     opts: KafkaOptions,
+    /// The most event bytes in one batch record: the producer's
+    /// `message.max.bytes` less room for the record's key and headers.
+    batch_limit: usize,
     /// Bytes of appends waiting for their delivery reports.
     buffered: AtomicU64,
     /// The consumer group's lag, as the group watch last measured it.
@@ -102,10 +111,17 @@ impl KafkaQueue {
         if !topic::exists(producer.clone(), &topic, CONNECT_TIMEOUT).await? {
             topic::create(&topic, CONNECT_TIMEOUT).await?;
         }
+        let max_message = opts
+            .producer
+            .iter()
+            .find(|(k, _)| *k == "message.max.bytes")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(MAX_MESSAGE_BYTES);
         Ok(KafkaQueue {
             inner: Arc::new(Inner {
                 producer: RwLock::new(producer),
                 producer_config: config,
+                batch_limit: max_message.saturating_sub(BATCH_HEADROOM).max(1),
                 opts,
                 buffered: AtomicU64::new(0),
                 lag: Arc::new(AtomicU64::new(0)),
@@ -232,14 +248,26 @@ impl KafkaQueue {
             return Err(AppendError::TooLarge { bytes, limit });
         }
         // Encode everything first: a bad event refuses the batch before any is sent.
-        let records = batch
-            .events
-            .iter()
-            .map(|e| encode_record(&inner.opts.topic, e))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| AppendError::Backend {
-                message: e.to_string(),
-            })?;
+        let refuse = |e: EncodeError| AppendError::Backend {
+            message: e.to_string(),
+        };
+        let topic = &inner.opts.topic;
+        let runs = batch_runs(&batch.events, inner.batch_limit);
+        let mut payloads: Vec<Vec<u8>> = runs.iter().map(|_| Vec::new()).collect();
+        let mut records = Vec::with_capacity(runs.len());
+        for (run, payload) in runs.iter().zip(payloads.iter_mut()) {
+            let size = run.iter().map(|e| e.size_hint()).sum::<usize>();
+            let record = match run[..] {
+                [one] => encode_record(topic, one).map_err(refuse)?,
+                _ => {
+                    for e in run {
+                        validate_event(e).map_err(refuse)?;
+                    }
+                    encode_batch_record(topic, run, payload)
+                }
+            };
+            records.push((record, size));
+        }
         let Some(_reservation) = self.reserve(bytes as u64) else {
             return Err(AppendError::Full {
                 batch: Box::new(batch),
@@ -250,11 +278,11 @@ impl KafkaQueue {
         let producer = inner.producer();
         let mut reports = Vec::with_capacity(records.len());
         let mut refused = None;
-        for (record, event) in records.into_iter().zip(&batch.events) {
+        for (record, size) in records {
             match producer.send_result(record) {
-                Ok(report) => reports.push((report, event.size_hint())),
+                Ok(report) => reports.push((report, size)),
                 Err((e, _)) => {
-                    refused = Some((e, event.size_hint()));
+                    refused = Some((e, size));
                     break;
                 }
             }

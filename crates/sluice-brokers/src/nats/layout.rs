@@ -48,47 +48,11 @@ pub fn decode_message(m: &async_nats::Message) -> Result<Event, broker::DecodeEr
     )
 }
 
-/// The events of a message: a batch message's ([`broker::decode_batch`]; its only
-/// headers are `Nats-*`, [`broker::BATCH`] = 1 and [`broker::STREAM`], once each), or
-/// the one event of any other.
+/// The events of a message: a batch message's, or the one event of any other
+/// ([`broker::decode_messages`]).
 pub fn decode_messages(m: &async_nats::Message) -> Result<Vec<Event>, broker::DecodeError> {
-    let is_batch = m.headers.as_ref().is_some_and(|h| {
-        h.iter()
-            .any(|(k, _)| AsRef::<str>::as_ref(k) == broker::BATCH)
-    });
-    if !is_batch {
-        return decode_message(m).map(|e| vec![e]);
-    }
-    let (mut version, mut stream) = (None, None);
-    for (name, value) in header_pairs(m) {
-        let slot = match name {
-            broker::BATCH => &mut version,
-            broker::STREAM => &mut stream,
-            n if n.starts_with("Nats-") => continue,
-            n => {
-                return Err(broker::DecodeError::Batch(format!(
-                    "unexpected header {:?}",
-                    n.chars().take(64).collect::<String>()
-                )))
-            }
-        };
-        if slot.replace(value).is_some() {
-            return Err(broker::DecodeError::Duplicate(if name == broker::BATCH {
-                broker::BATCH
-            } else {
-                broker::STREAM
-            }));
-        }
-    }
-    if version != Some(broker::BATCH_VERSION) {
-        return Err(broker::DecodeError::Batch(format!(
-            "layout version {:?} is not {}",
-            version.unwrap_or("").chars().take(16).collect::<String>(),
-            broker::BATCH_VERSION
-        )));
-    }
-    let stream = stream.ok_or(broker::DecodeError::Missing(broker::STREAM))?;
-    broker::decode_batch(stream, m.payload.clone())
+    let headers: Vec<(&str, &str)> = header_pairs(m).collect();
+    broker::decode_messages(&headers, |n| n.starts_with("Nats-"), m.payload.clone())
 }
 
 /// The most event bytes a batch message may carry: the server's `max_payload` less

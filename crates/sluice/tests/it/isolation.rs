@@ -382,42 +382,66 @@ async fn tampered_kafka_records_are_dead_lettered_not_written() {
         .set("bootstrap.servers", tansu.brokers())
         .create()
         .unwrap();
-    for (stream, n) in [("../x", 1), ("../../y", 2)] {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "sluice-id",
-                value: Some("t-1"),
-            })
-            .insert(Header {
-                key: "sluice-stream",
-                value: Some(stream),
-            })
-            .insert(Header {
-                key: "sluice-received-at",
-                value: Some("1700000000000000000"),
+    let produce = |headers: &[(&str, &str)], payload: &[u8]| {
+        let headers = headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, &(key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value),
+                })
             });
-        let payload = format!("{{\"n\":{n}}}");
-        producer
-            .send(
-                FutureRecord::to("sluice-events")
-                    .key("k")
-                    .payload(&payload)
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        let record = FutureRecord::to("sluice-events")
+            .key("k")
+            .payload(payload)
+            .headers(headers);
+        let sent = producer.send_result(record).map_err(|(e, _)| e).unwrap();
+        async move { sent.await.unwrap().unwrap() }
+    };
+    let base = [
+        ("sluice-id", "t-1"),
+        ("sluice-received-at", "1700000000000000000"),
+    ];
+    for stream in ["../x", "../../y"] {
+        produce(&[base[0], ("sluice-stream", stream), base[1]], b"{\"n\":1}").await;
     }
+    // Batch records: a value that is no record, a layout version there is not, a
+    // batch header with another header beside it, and a real record of stream
+    // "web" under a header naming another stream.
+    let batch = [("sluice-batch", "1"), ("sluice-stream", "web")];
+    produce(&batch, b"{\"n\":3}").await;
+    produce(&[("sluice-batch", "2"), batch[1]], b"{}").await;
+    produce(&[batch[0], batch[1], ("trace", "x")], b"{}").await;
+    let events: Vec<sluice_core::Event> = (0..2)
+        .map(|n| sluice_core::Event::new("web", format!("{{\"n\":{n}}}")))
+        .collect();
+    let mut record = Vec::new();
+    sluice_proto::record::encode_events(&events, &mut record);
+    produce(&[batch[0], ("sluice-stream", "other")], &record).await;
     let dead = data_dir(root.path()).join("dead").join("_quarantine");
     assert!(
-        wait_until(Duration::from_secs(25), || sink_lines(&dead).len() >= 2).await,
+        wait_until(Duration::from_secs(25), || sink_lines(&dead).len() >= 6).await,
         "quarantined: {:?}",
         files(root.path())
     );
-    for l in sink_lines(&dead) {
-        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-        let reason = v["headers"]["sluice-dead-letter-reason"].as_str().unwrap();
-        assert!(reason.contains("sluice-stream is invalid"), "{reason}");
+    let reasons: Vec<String> = sink_lines(&dead)
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let reason = v["headers"]["sluice-dead-letter-reason"].as_str().unwrap();
+            reason.to_string()
+        })
+        .collect();
+    assert_eq!(reasons.len(), 6, "{reasons:?}");
+    for (needle, count) in [
+        ("sluice-stream is invalid", 2),
+        ("batch message is refused: record", 1),
+        ("layout version", 1),
+        ("unexpected header", 1),
+        ("is not the message's", 1),
+    ] {
+        let n = reasons.iter().filter(|r| r.contains(needle)).count();
+        assert_eq!(n, count, "{needle}: {reasons:?}");
     }
     assert_eq!(escaped(root.path(), &[]), Vec::<PathBuf>::new());
     node.node.shutdown();

@@ -10,15 +10,18 @@ throughput = events the sink delivered over the run (from /metrics), flagged whe
 queue backlog grew. The broker runs unpinned (it has no core of its own on a 2-core
 box), so broker figures include the broker's CPU competing with both.
 
-With --native, each NATS case is preceded, on a fresh broker, by the JetStream ceiling
-with nothing of sluice in the way: a native async-nats client (crates/sluice-queue/
-examples/nats_native.rs) publishing with many publishes in flight and consuming with a
-pull consumer and batched acks, at the same time, pinned to core 0 as sluice is.
+With --native, each broker case is preceded, on a fresh broker, by the broker's ceiling
+with nothing of sluice in the way, pinned to core 0 as sluice is: for NATS a native
+async-nats client (crates/sluice-brokers/examples/nats_native.rs) publishing with many
+publishes in flight and consuming with a pull consumer and batched acks; for Kafka a
+librdkafka producer configured as sluice's (idempotent, acks=all, 4,096 records in
+flight, one record per event) and a consumer group member committing every 100 ms
+(crates/sluice-brokers/examples/kafka_native.rs); producing and consuming at once.
 
 Usage: python3 bench/brokers.py [--duration 20] [--runs 3] [--queues wal,nats,kafka]
        [--event ../shared/bench/event.json] [--native]
 Needs: wrk, nats-server and tansu (scripts/install-brokers), `cargo build --release`;
-for --native also `cargo build --release -p sluice-queue --features nats --example nats_native`.
+for --native also `cargo build --release -p sluice-brokers --all-features --examples`.
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile, time, socket
 
@@ -79,9 +82,10 @@ def main():
     ap.add_argument("--event", default=None, help="a file holding the event to send (default: a 75-byte click)")
     ap.add_argument("--native", action="store_true", help="also measure JetStream with a native client, same run")
     args = ap.parse_args()
-    native_bin = os.path.join(e2e.ROOT, "target", "release", "examples", "nats_native")
-    if args.native and not os.path.exists(native_bin):
-        sys.exit("build first: cargo build --release -p sluice-queue --features nats --example nats_native")
+    native_bins = {q: os.path.join(e2e.ROOT, "target", "release", "examples", f"{q}_native")
+                   for q in ("nats", "kafka")}
+    if args.native and not all(os.path.exists(b) for b in native_bins.values()):
+        sys.exit("build first: cargo build --release -p sluice-brokers --all-features --examples")
     if not os.path.exists(e2e.BIN):
         sys.exit("build first: cargo build --release")
     tmp = tempfile.mkdtemp(prefix="sluice-brokers-", dir=os.environ.get("BENCH_DIR", "/tmp"))
@@ -102,8 +106,8 @@ def main():
                 d = os.path.join(tmp, f"{queue}-{name}-broker")
                 os.makedirs(d)
                 broker, url = start_broker(queue, d)
-                if args.native and queue == "nats" and not any(n[0] == name for n in natives):
-                    natives.append((name, run_native(native_bin, url, scripts, args)))
+                if args.native and not any(n[:2] == (queue, name) for n in natives):
+                    natives.append((queue, name, run_native(queue, native_bins[queue], url, scripts, args)))
                     broker.kill()
                     broker.wait()
                     shutil.rmtree(d)
@@ -127,18 +131,23 @@ def main():
     for queue, name, r in results:
         print(f"| {queue} | {name} | {r['req_s']:,.0f} | {r['delivered_events_s']:,.0f} | {r['p50_ms']} | "
               f"{r['p99_ms']} | {r['non_2xx']} | {r['backlog_grew']} |")
-    for name, r in natives:
-        print(f"| nats, native client (before {name}) | publish + consume | — | {r['consumed_per_s']:,.0f} consumed "
-              f"({r['published_per_s']:,.0f} published) | | | | {r['backlog_end']} left |")
+    for queue, name, r in natives:
+        left = f"{r['backlog_end']} left" if "backlog_end" in r else ""
+        print(f"| {queue}, native client (before {name}) | publish + consume | — | {r['consumed_per_s']:,.0f} consumed "
+              f"({r['published_per_s']:,.0f} published) | | | | {left} |")
 
 
-def run_native(native_bin, url, scripts, args):
+def run_native(queue, native_bin, url, scripts, args):
     """The native client against a fresh broker, the sluice case's event as payload."""
-    cmd = ["taskset", "-c", "0", native_bin, "--url", url, "--seconds", str(args.duration),
-           "--payload", os.path.join(scripts, "single.body"), "--msg-id"]
+    if queue == "nats":
+        target = ["--url", url, "--msg-id"]
+    else:
+        target = ["--brokers", url]
+    cmd = ["taskset", "-c", "0", native_bin, *target, "--seconds", str(args.duration),
+           "--payload", os.path.join(scripts, "single.body")]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.duration + 60).stdout
     r = json.loads(out.strip().splitlines()[-1])
-    print(f"  nats native client: {json.dumps(r)}", flush=True)
+    print(f"  {queue} native client: {json.dumps(r)}", flush=True)
     return r
 
 

@@ -80,8 +80,10 @@ def main():
     ap.add_argument("--cases", default="single-fsync,ndjson-fsync")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (server and broker logs)")
     ap.add_argument("--event", default=None, help="a file holding the event to send (default: a 75-byte click)")
-    ap.add_argument("--native", action="store_true", help="also measure JetStream with a native client, same run")
+    ap.add_argument("--native", action="store_true", help="also measure each broker with a native client, same run")
+    ap.add_argument("--bin", default=e2e.BIN, help="the sluice binary to run (e.g. an older build to compare)")
     args = ap.parse_args()
+    e2e.BIN = args.bin
     native_bins = {q: os.path.join(e2e.ROOT, "target", "release", "examples", f"{q}_native")
                    for q in ("nats", "kafka")}
     if args.native and not all(os.path.exists(b) for b in native_bins.values()):

@@ -10,6 +10,8 @@
 //! and sinks.
 #![forbid(unsafe_code)]
 
+#[cfg(any(feature = "nats", feature = "kafka"))]
+mod coalesce;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "nats")]

@@ -2,7 +2,7 @@
 //! consumers it hands out; see the module docs of [`super`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
@@ -10,7 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, ClientContext};
 use sluice_core::{
-    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats, Unhealthy,
+    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Event, Queue, QueueStats, Unhealthy,
 };
 
 use super::consumer::{self, KafkaConsumer};
@@ -20,6 +20,7 @@ use super::{
     CLOSE_TIMEOUT, CONNECT_TIMEOUT, DELIVERY_TIMEOUT, MAX_MESSAGE_BYTES, REPAIR_INTERVAL,
     RETRY_AFTER, STATS_INTERVAL,
 };
+use crate::coalesce::{share, Coalescer};
 
 /// Room in a record under `message.max.bytes` for what is not the record encoding
 /// (key, headers, librdkafka's record overhead).
@@ -79,6 +80,18 @@ struct Inner {
     /// Set while a repair runs; when the last one started.
     repairing: AtomicBool,
     last_repair: Mutex<Option<Instant>>,
+    /// Single-event appends waiting to be produced together.
+    coalescer: Arc<Coalescer>,
+    /// The task producing them; it holds the queue weakly and is stopped with it.
+    coalescing: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.coalescing.get() {
+            task.abort();
+        }
+    }
 }
 
 impl KafkaQueue {
@@ -130,8 +143,39 @@ impl KafkaQueue {
                 closed: AtomicBool::new(false),
                 repairing: AtomicBool::new(false),
                 last_repair: Mutex::new(None),
+                coalescer: Arc::default(),
+                coalescing: OnceLock::new(),
             }),
         })
+        .map(KafkaQueue::start_coalescing)
+    }
+
+    /// Starts the group commit of single-event appends (see [`crate::coalesce`]): a
+    /// group is produced as one append, so its events of one stream and key are one
+    /// batch record; every append of the group hears the group's outcome.
+    fn start_coalescing(self) -> KafkaQueue {
+        // The task must not keep the queue alive: it holds the coalescer and a weak
+        // reference.
+        let weak = Arc::downgrade(&self.inner);
+        let coalescer = self.inner.coalescer.clone();
+        let task = tokio::spawn(async move {
+            coalescer
+                .run(|events| {
+                    let weak = weak.clone();
+                    async move {
+                        match weak.upgrade() {
+                            Some(inner) => KafkaQueue { inner }.produce_group(events).await,
+                            None => events
+                                .iter()
+                                .map(|_| Err(AppendError::ShuttingDown))
+                                .collect(),
+                        }
+                    }
+                })
+                .await
+        });
+        let _ = self.inner.coalescing.set(task.abort_handle());
+        self
     }
 
     /// The settings the queue was connected with.
@@ -347,9 +391,68 @@ impl Drop for Reservation<'_> {
     }
 }
 
+impl KafkaQueue {
+    /// Produces a coalesced group, in appends of at most a quarter of
+    /// `max_buffered_bytes` (so that a large group is never refused as too large for
+    /// the buffer); each event's outcome is its append's.
+    async fn produce_group(&self, events: Vec<Event>) -> Vec<Result<(), AppendError>> {
+        let limit = (self.inner.opts.max_buffered_bytes.0 / 4).max(1) as usize;
+        let mut results = Vec::with_capacity(events.len());
+        let mut rest = events.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut size = 0;
+            let part: Vec<Event> = std::iter::from_fn(|| {
+                let next = rest.next_if(|e| size == 0 || size + e.size_hint() <= limit)?;
+                size += next.size_hint();
+                Some(next)
+            })
+            .collect();
+            let n = part.len();
+            let r = self.produce(Batch::new(part)).await;
+            results.extend((0..n).map(|_| share(&r)));
+        }
+        results
+    }
+
+    /// A lone event that fits a batch record goes through the coalescer (checked
+    /// first, so it cannot fail its group); anything else is produced as it is.
+    async fn append_one_or_many(&self, batch: Batch) -> Result<(), AppendError> {
+        let lone = match &batch.events[..] {
+            [e] if sluice_proto::record::event_len(e) + 5 <= self.inner.batch_limit => e,
+            _ => return self.produce(batch).await,
+        };
+        validate_event(lone).map_err(|e| AppendError::Backend {
+            message: e.to_string(),
+        })?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(AppendError::ShuttingDown);
+        }
+        // One deadline from here, however long the group before this one takes.
+        let appended =
+            tokio::time::timeout(DELIVERY_TIMEOUT, self.inner.coalescer.append(lone.clone()));
+        let Ok(appended) = appended.await else {
+            return Err(self.failed(format!(
+                "kafka did not acknowledge the event within {DELIVERY_TIMEOUT:?}"
+            )));
+        };
+        match appended {
+            Err(AppendError::Full {
+                reason,
+                retry_after,
+                ..
+            }) => Err(AppendError::Full {
+                batch: Box::new(batch),
+                reason,
+                retry_after,
+            }),
+            r => r,
+        }
+    }
+}
+
 impl Queue for KafkaQueue {
     fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
-        Box::pin(self.produce(batch))
+        Box::pin(self.append_one_or_many(batch))
     }
 
     fn consumer(&self, name: &str) -> Result<Box<dyn Consumer>, ConsumeError> {

@@ -2,7 +2,7 @@
 //! the stream's bound and depth; see the module docs of [`super`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -16,6 +16,7 @@ use sluice_proto::broker;
 use super::consumer::NatsConsumer;
 use super::layout::{batch_chunks, batch_limit, message_headers, subject_for};
 use super::{Error, NatsOptions};
+use crate::coalesce::{share, Coalescer};
 
 /// NATS JetStream behind the [`Queue`] trait. See the module docs.
 pub struct NatsQueue {
@@ -36,41 +37,19 @@ pub struct NatsQueue {
 /// the requests waiting on the coalescer, which publishes one group at a time.
 const MAX_IN_FLIGHT: usize = 256;
 
-/// Where a coalesced append hears the outcome of its message.
-type Answer = tokio::sync::oneshot::Sender<Result<(), AppendError>>;
-
-/// Single-event appends waiting for the [`coalesce`] task.
-#[derive(Default)]
-struct Coalescer {
-    pending: Mutex<Vec<(Event, Answer)>>,
-    wake: tokio::sync::Notify,
-}
-
-/// Group commit for single-event appends: takes every event waiting, publishes them
-/// as one message per stream (a batch message when there are several, the
-/// one-event layout for a lone one), and answers each append with the outcome of
-/// its message; the appends arriving meanwhile form the next group. JetStream's
-/// cost is per message, so concurrent single-event requests share it.
+/// Group commit for single-event appends (see [`crate::coalesce`]): a group is
+/// published as one message per stream (a batch message when there are several, the
+/// one-event layout for a lone one), and each append hears the outcome of its
+/// message.
 async fn coalesce(
     js: jetstream::Context,
     client: async_nats::Client,
     opts: NatsOptions,
     c: Arc<Coalescer>,
 ) {
-    loop {
-        c.wake.notified().await;
-        loop {
-            let mut group =
-                std::mem::take(&mut *c.pending.lock().expect("coalescer lock poisoned"));
-            if group.is_empty() {
-                break;
-            }
-            // An append that gave up (its deadline passed, the producer heard 503)
-            // is not published late: pending holds only appends still waiting.
-            group.retain(|(_, tx)| !tx.is_closed());
-            // One run per stream; an append's own order is kept (stable sort).
-            group.sort_by(|a, b| a.0.stream.cmp(&b.0.stream));
-            let (events, waiters): (Vec<Event>, Vec<_>) = group.into_iter().unzip();
+    c.run(|events| {
+        let (js, client, opts) = (&js, &client, &opts);
+        async move {
             let mut results = Vec::with_capacity(events.len());
             let mut start = 0;
             while start < events.len() {
@@ -81,44 +60,18 @@ async fn coalesce(
                         .count();
                 let run = &events[start..end];
                 let r = if let [one] = run {
-                    publish_one(&js, &opts, one).await
+                    publish_one(js, opts, one).await
                 } else {
-                    let chunks = batch_chunks(run, batch_limit(&client));
-                    publish_batch_messages(&js, &opts, &chunks).await
+                    let chunks = batch_chunks(run, batch_limit(client));
+                    publish_batch_messages(js, opts, &chunks).await
                 };
                 results.extend(run.iter().map(|_| share(&r)));
                 start = end;
             }
-            for (w, r) in waiters.into_iter().zip(results) {
-                let _ = w.send(r);
-            }
+            results
         }
-    }
-}
-
-/// The same outcome for another append of a shared message (`Full` hands back an
-/// empty batch: [`Queue::append`] puts the caller's own back).
-fn share(r: &Result<(), AppendError>) -> Result<(), AppendError> {
-    match r {
-        Ok(()) => Ok(()),
-        Err(AppendError::Full {
-            reason,
-            retry_after,
-            ..
-        }) => Err(AppendError::Full {
-            batch: Box::new(Batch::new(Vec::new())),
-            reason: reason.clone(),
-            retry_after: *retry_after,
-        }),
-        Err(AppendError::ShuttingDown) => Err(AppendError::ShuttingDown),
-        Err(AppendError::TooLarge { bytes, limit }) => Err(AppendError::TooLarge {
-            bytes: *bytes,
-            limit: *limit,
-        }),
-        Err(AppendError::Backend { message }) => Err(AppendError::Backend {
-            message: message.clone(),
-        }),
-    }
+    })
+    .await
 }
 
 /// One event as one message (the one-event layout), acked.
@@ -255,14 +208,7 @@ impl NatsQueue {
         broker::check_event(event).map_err(|err| AppendError::Backend {
             message: format!("event 1 cannot be published: {err}"),
         })?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.coalescer
-            .pending
-            .lock()
-            .expect("coalescer lock poisoned")
-            .push((event.clone(), tx));
-        self.coalescer.wake.notify_one();
-        rx.await.unwrap_or(Err(AppendError::ShuttingDown))
+        self.coalescer.append(event.clone()).await
     }
 }
 

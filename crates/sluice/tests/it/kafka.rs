@@ -308,10 +308,6 @@ async fn appended_batches_arrive_identical_through_a_consumer() {
 /// records, not one per event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_of_many_events_is_a_few_records() {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use rdkafka::message::{Headers, Message};
-    use rdkafka::{Offset, TopicPartitionList};
-
     let Some(tansu) = Tansu::start().await else {
         return;
     };
@@ -327,38 +323,7 @@ async fn a_request_of_many_events_is_a_few_records() {
     }
     q.append(Batch::new(sent.clone())).await.unwrap();
 
-    // Read the topic raw: every partition from the beginning.
-    let raw: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .set("group.id", "raw-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..o.partitions {
-        tpl.add_partition_offset(&o.topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    raw.assign(&tpl).unwrap();
-    let (mut records, mut got) = (Vec::new(), Vec::new());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while got.len() < sent.len() && Instant::now() < deadline {
-        let Some(m) = raw.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m.unwrap();
-        let names: Vec<String> = m
-            .headers()
-            .unwrap()
-            .iter()
-            .map(|h| h.key.to_string())
-            .collect();
-        records.push((
-            m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            names,
-        ));
-        got.extend(sluice_brokers::kafka::decode_records(&m).unwrap());
-    }
+    let (records, got) = read_raw(&tansu, &o, sent.len()).await;
     assert_eq!(got.len(), sent.len(), "every event, once");
     assert_eq!(records.len(), 2, "one record per key: {records:?}");
     for (key, names) in &records {
@@ -379,6 +344,94 @@ async fn a_request_of_many_events_is_a_few_records() {
         }
     }
     assert_identical(&sent, &got);
+}
+
+/// Reads the queue's topic raw (every partition from the beginning, no group) until
+/// `want` events came or 30 s passed: each record's key and header names, and the
+/// events decoded.
+async fn read_raw(
+    tansu: &Tansu,
+    o: &KafkaOptions,
+    want: usize,
+) -> (Vec<(Option<String>, Vec<String>)>, Vec<Event>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let raw: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .set("group.id", "raw-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..o.partitions {
+        tpl.add_partition_offset(&o.topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    raw.assign(&tpl).unwrap();
+    let (mut records, mut got) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < want && Instant::now() < deadline {
+        let Some(m) = raw.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let names = m.headers().unwrap().iter().map(|h| h.key.to_string());
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        records.push((key, names.collect()));
+        got.extend(sluice_brokers::kafka::decode_records(&m).unwrap());
+    }
+    (records, got)
+}
+
+/// Concurrent single-event appends are produced together (the group commit): far
+/// fewer records than events, every event once, and a bad event fails only its own
+/// append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_event_appends_share_records() {
+    let Some(tansu) = Tansu::start().await else {
+        return;
+    };
+    let o = opts(&tansu);
+    let q = Arc::new(KafkaQueue::connect(o.clone()).await.unwrap());
+    let tasks: Vec<_> = (0..200u64)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let stream = if i.is_multiple_of(2) { "a" } else { "b" };
+                let mut e = Event::new(stream, format!("{{\"i\":{i}}}"));
+                if i.is_multiple_of(5) {
+                    e.key = Some(format!("user-{}", i % 3));
+                }
+                if i == 7 {
+                    e.headers = vec![("sluice-key".into(), "forged".into())];
+                }
+                (i, q.append(Batch::new(vec![e])).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        assert_eq!(r.is_err(), i == 7, "append {i}: {r:?}");
+    }
+    let (records, got) = read_raw(&tansu, &o, 199).await;
+    assert!(
+        records.len() < 100,
+        "{} records for 199 events",
+        records.len()
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &got {
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        let i = v["i"].as_u64().unwrap();
+        assert_eq!(&*e.stream, if i.is_multiple_of(2) { "a" } else { "b" });
+        let key = i.is_multiple_of(5).then(|| format!("user-{}", i % 3));
+        assert_eq!(e.key, key, "event {i}");
+        assert!(seen.insert(i), "event {i} once");
+    }
+    assert_eq!(seen.len(), 199);
+    assert!(!seen.contains(&7));
 }
 
 /// The queue's depth is the group's lag: what is appended and not committed, back

@@ -47,6 +47,10 @@
 //! atomic multi-record append outside transactions, so a failed append may have
 //! stored part of the batch; the client retries it and sluice is at-least-once.
 //!
+//! - Single-event appends are coalesced (`crate::coalesce`): those arriving while
+//!   earlier ones are being produced go out together as one append (batch records),
+//!   and each hears the outcome of the group; a bad event is refused before it
+//!   joins a group, so it fails only its own append.
 //! - Bytes waiting for their reports are bounded by
 //!   [`KafkaOptions::max_buffered_bytes`]; past it appends are refused with
 //!   [`AppendError::Full`](sluice_core::AppendError::Full) (the batch handed back, nothing sent).

@@ -6,10 +6,12 @@
 #   make minimal  a release binary without the broker backends (no librdkafka)
 #   make release  the stripped release binary and the container image sluice:latest
 #   make bench    the end-to-end benchmark (bench/e2e.py; server on core 0, wrk on core 1)
+#   make profile  CPU, off-CPU and lock flame graphs of a loaded node (scripts/profile)
 #   make fuzz     every fuzz target for FUZZ_SECONDS (default 60) each
-.PHONY: run test lint build minimal release bench fuzz
+.PHONY: run test lint build minimal release bench profile fuzz
 
 FUZZ_SECONDS ?= 60
+PROFILE_SECONDS ?= 10
 
 run:
 	cargo run --release -- serve
@@ -34,6 +36,9 @@ release: build
 
 bench: build
 	python3 bench/e2e.py --bin target/release/sluice
+
+profile:
+	scripts/profile --seconds $(PROFILE_SECONDS)
 
 fuzz:
 	scripts/fuzz $(FUZZ_SECONDS)

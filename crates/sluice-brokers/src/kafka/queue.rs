@@ -130,7 +130,7 @@ impl KafkaQueue {
             .find(|(k, _)| *k == "message.max.bytes")
             .and_then(|(_, v)| v.parse::<usize>().ok())
             .unwrap_or(MAX_MESSAGE_BYTES);
-        Ok(KafkaQueue {
+        let queue = KafkaQueue {
             inner: Arc::new(Inner {
                 producer: RwLock::new(producer),
                 producer_config: config,
@@ -146,8 +146,8 @@ impl KafkaQueue {
                 coalescer: Arc::default(),
                 coalescing: OnceLock::new(),
             }),
-        })
-        .map(KafkaQueue::start_coalescing)
+        };
+        Ok(queue.start_coalescing())
     }
 
     /// Starts the group commit of single-event appends (see [`crate::coalesce`]): a

@@ -133,12 +133,12 @@ fn presented_key<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
     get("x-api-key").map(str::trim).filter(|k| !k.is_empty())
 }
 
-fn sha256(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, data);
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }

@@ -67,8 +67,12 @@ pub enum ConfigError {
 pub struct Config {
     /// Address of the ingest HTTP listener (HTTP/1.1 and h2c). Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
-    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`). Default `127.0.0.1:9090`.
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`,
+    /// `/debug/pprof/*`). Default `127.0.0.1:9090`.
     pub admin_listen: SocketAddr,
+    /// A bearer token `/debug/*` requires (`Authorization: Bearer <token>`). Without
+    /// it `/debug/*` answers only on a loopback `admin_listen`. Default none.
+    pub admin_token: Option<sluice_core::Secret>,
     /// Where the WAL, checkpoints and file-sink output live. Default `./sluice-data`.
     pub data_dir: PathBuf,
     /// How long shutdown may take before sluice exits anyway (and warns). Default `30s`.
@@ -213,6 +217,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             admin_listen: "127.0.0.1:9090".parse().expect("valid address"),
+            admin_token: None,
             data_dir: PathBuf::from("./sluice-data"),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
             shutdown_drain_delay: HumanDuration(Duration::ZERO),

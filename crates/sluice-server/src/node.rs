@@ -258,6 +258,10 @@ impl Node {
             sink: sink_name,
             shutting_down: shutdown.clone(),
             headroom: config.http.max_body_bytes.0,
+            debug: crate::http::debug::DebugAccess::new(
+                config.admin_token.as_ref().map(|t| t.expose()),
+                config.admin_listen.ip().is_loopback(),
+            ),
         });
 
         let ingest_stop = CancellationToken::new();

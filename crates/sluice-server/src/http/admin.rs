@@ -1,6 +1,6 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (it takes events:
 //! not shutting down, and the queue has room for a request of the largest size) and
-//! `/metrics` (Prometheus text).
+//! `/metrics` (Prometheus text); and `/debug/pprof/*` for whom [`DebugAccess`] lets in.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use sluice_core::Queue;
 use sluice_pipeline::ProcessorStats;
 use tokio_util::sync::CancellationToken;
 
+use super::debug::{self, DebugAccess};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -26,6 +27,8 @@ pub struct AdminState {
     /// Room a request may need in the queue (the body limit): with less than this
     /// left, the node is not ready.
     pub headroom: u64,
+    /// Who may read `/debug/*`.
+    pub debug: DebugAccess,
 }
 
 /// Handles one admin request.
@@ -36,7 +39,12 @@ pub async fn handle(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(ApiError::method_not_allowed("GET").into_response());
     }
-    let r = match req.uri().path() {
+    let path = req.uri().path();
+    if path.starts_with("/debug/") {
+        let query = req.uri().query();
+        return Ok(debug::handle(&state.debug, path, query, req.headers()).await);
+    }
+    let r = match path {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {
             let s = state.queue.stats();
@@ -72,7 +80,7 @@ pub async fn handle(
         _ => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin endpoints: /healthz, /readyz, /metrics",
+            "admin endpoints: /healthz, /readyz, /metrics, /debug/pprof/profile",
         )
         .into_response(),
     };

@@ -32,6 +32,7 @@
 //! request in flight is detected.
 
 pub mod admin;
+pub mod debug;
 pub mod ingest;
 
 use std::convert::Infallible;

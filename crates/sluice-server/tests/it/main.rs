@@ -3,6 +3,7 @@
 
 mod auth;
 mod backpressure;
+mod debug;
 mod grpc;
 mod http_sink;
 mod ingest;

@@ -1,0 +1,137 @@
+//! `/debug/pprof/profile` on the admin listener: a real CPU profile of a node under
+//! load, as a pprof file and as a flame graph, and who may ask for one.
+
+use std::io::Read;
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use pprof::protos::Message;
+
+use crate::support::*;
+
+/// Posts single events to `node` until `stop`, so the profile has work to see.
+fn load(
+    node: &TestNode,
+) -> (
+    tokio::task::JoinHandle<u64>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let url = node.events_url("profiled");
+    let task = tokio::spawn(async move {
+        let http = Http::h1();
+        let mut sent = 0;
+        while !*stopped.borrow_and_update() {
+            let a = http.post(&url, &[JSON], r#"{"n":1}"#).await;
+            assert_eq!(a.status, StatusCode::ACCEPTED);
+            sent += 1;
+        }
+        sent
+    });
+    (task, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_profile_of_a_loaded_node_is_a_pprof_file_or_a_flame_graph() {
+    let node = sluice_server::test_util::start_fast(&[]).await;
+    let (task, stop) = load(&node);
+    let http = Http::h1();
+    let url = format!("{}/debug/pprof/profile?seconds=2", node.admin);
+
+    let a = http.get(&url).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&a.body[..])
+        .read_to_end(&mut raw)
+        .expect("gzipped");
+    let profile = pprof::protos::Profile::decode(&raw[..]).expect("a pprof protobuf");
+    let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    // 2 s at 99 Hz over two busy cores would be ~400; the node is not alone here.
+    assert!(samples >= 20, "{samples} samples");
+    assert!(
+        profile
+            .string_table
+            .iter()
+            .any(|s| s.contains("sluice_server")),
+        "the node's own functions are named"
+    );
+
+    let svg = http.get(&format!("{url}&format=svg")).await;
+    assert_eq!(svg.status, StatusCode::OK);
+    assert_eq!(svg.headers["content-type"], "image/svg+xml");
+    let text = String::from_utf8_lossy(&svg.body);
+    assert!(text.contains("<svg") && text.contains("sluice_server"));
+
+    // One at a time: a second request while one runs is refused, not queued.
+    let busy = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = http.get(&url).await;
+    assert_eq!(second.status, StatusCode::CONFLICT);
+    assert_eq!(busy.await.unwrap().status, StatusCode::OK);
+
+    for bad in ["seconds=0", "seconds=301", "seconds=x", "format=png"] {
+        let a = http
+            .get(&format!("{}/debug/pprof/profile?{bad}", node.admin))
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    stop.send(true).unwrap();
+    assert!(task.await.unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_endpoints_need_the_admin_token_or_a_loopback_listener() {
+    let url = |node: &TestNode| format!("{}/debug/pprof/profile?seconds=1", node.admin);
+    let http = Http::h1();
+
+    // A token: only a request that carries it gets a profile, even on loopback.
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config_file(dir.path(), "admin_token = \"s3cret-admin\"\n", &[]);
+    let node = start_config(config, dir, Default::default()).await;
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer wrong")],
+        vec![("authorization", "s3cret-admin")],
+    ] {
+        let a = http
+            .request(Method::GET, &url(&node), &headers, bytes::Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+    }
+    let auth = [("authorization", "Bearer s3cret-admin")];
+    let a = http
+        .request(Method::GET, &url(&node), &auth, bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    // The rest of the admin listener stays open, as before.
+    assert_eq!(
+        http.get(&format!("{}/metrics", node.admin)).await.status,
+        StatusCode::OK
+    );
+
+    // No token and an admin listener on every address: no profiles for anyone.
+    let node = start(
+        &[("admin_listen", "0.0.0.0:0"), ("queue.kind", "memory")],
+        Default::default(),
+    )
+    .await;
+    let port = node.admin.rsplit(':').next().unwrap();
+    let a = http
+        .get(&format!(
+            "http://127.0.0.1:{port}/debug/pprof/profile?seconds=1"
+        ))
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&a.body).contains("admin_token"));
+    assert_eq!(
+        http.get(&format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}

@@ -128,11 +128,11 @@ def main():
         print(f"logs kept under {tmp}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("| queue | case | req/s | delivered events/s | p50 ms | p99 ms | non-2xx | backlog grew |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| queue | case | req/s | delivered events/s | p50 ms | p99 ms | non-2xx | sluice peak RSS MiB | backlog grew |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for queue, name, r in results:
         print(f"| {queue} | {name} | {r['req_s']:,.0f} | {r['delivered_events_s']:,.0f} | {r['p50_ms']} | "
-              f"{r['p99_ms']} | {r['non_2xx']} | {r['backlog_grew']} |")
+              f"{r['p99_ms']} | {r['non_2xx']} | {r['peak_rss_mib']:.0f} | {r['backlog_grew']} |")
     for queue, name, r in natives:
         left = f"{r['backlog_end']} left" if "backlog_end" in r else ""
         print(f"| {queue}, native client (before {name}) | publish + consume | — | {r['consumed_per_s']:,.0f} consumed "

@@ -27,6 +27,12 @@ pub struct Key {
 /// Who sent a request: a key, or nobody when no keys are configured.
 pub type Principal = Option<Arc<Key>>;
 
+/// The name metrics give `principal`: its key's name, or `_anonymous` on a node
+/// without API keys.
+pub fn key_name(principal: &Principal) -> &str {
+    principal.as_deref().map_or("_anonymous", |k| &k.name)
+}
+
 /// The configured keys.
 #[derive(Debug, Default)]
 pub struct Keys {

@@ -203,13 +203,32 @@ impl IngestState {
     }
 
     /// Appends one request's events as one batch (all or nothing) and returns once
-    /// the queue says they are durable. `bytes` is their payload size, for metrics.
-    pub async fn append(&self, events: Vec<Event>, bytes: usize) -> Result<(), ApiError> {
+    /// the queue says they are durable. `bytes` is their payload size, for metrics,
+    /// which count them by stream and `principal`'s key too.
+    pub async fn append(
+        &self,
+        events: Vec<Event>,
+        bytes: usize,
+        principal: &Principal,
+    ) -> Result<(), ApiError> {
         let n = events.len() as u64;
+        // Events and payload bytes per stream (a request's events share one, or few).
+        let mut per_stream: Vec<(Arc<str>, u64, u64)> = Vec::new();
+        for e in &events {
+            let len = e.payload.len() as u64;
+            match per_stream.iter_mut().find(|(s, _, _)| *s == e.stream) {
+                Some((_, n, b)) => (*n, *b) = (*n + 1, *b + len),
+                None => per_stream.push((e.stream.clone(), 1, len)),
+            }
+        }
         self.queue.append(Batch::new(events)).await?;
         self.metrics.events_accepted.inc_by(n);
         self.metrics.bytes_accepted.inc_by(bytes as u64);
         self.metrics.requests_accepted.inc();
+        let key = crate::auth::key_name(principal);
+        for (stream, n, b) in per_stream {
+            self.metrics.tenants.accepted(&stream, key, n, b);
+        }
         Ok(())
     }
 }

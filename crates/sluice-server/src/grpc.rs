@@ -486,6 +486,6 @@ async fn append(
         Vec::new()
     };
     let n = p.events.len() as u64;
-    state.append(p.events, p.bytes).await?;
+    state.append(p.events, p.bytes, &p.principal).await?;
     Ok(Accepted { events: n, ids })
 }

@@ -2,7 +2,12 @@
 //! (queue depth, processor lag, sink totals) are read from their owners at scrape time.
 //!
 //! Names follow `sluice_<thing>_<unit>`; labels are bounded (a reason code, a sink
-//! name, an HTTP status class), never a user string.
+//! name, an HTTP status class); the one user string, a stream name, only in
+//! [`Tenants`], under a cap.
+
+mod tenants;
+
+pub use tenants::{Tenants, MAX_TENANT_SERIES};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,6 +37,8 @@ pub struct Metrics {
     pub requests_accepted: Counter,
     /// Requests rejected, by reason code (`invalid_json`, `payload_too_large`, ...).
     pub rejected: Family<Label, Counter>,
+    /// Events, bytes and rejections by stream and API key (bounded).
+    pub tenants: Tenants,
     /// Ingest request latency, seconds, by status class.
     pub request_seconds: Family<Label, Histogram>,
     /// WAL fdatasync latency, seconds.
@@ -99,6 +106,7 @@ impl Metrics {
             "Ingest requests accepted",
             requests_accepted.clone(),
         );
+        let tenants = Tenants::register(&mut r);
         let rejected = Family::<Label, Counter>::default();
         r.register(
             "sluice_ingest_rejected_requests",
@@ -239,6 +247,7 @@ impl Metrics {
             bytes_accepted,
             requests_accepted,
             rejected,
+            tenants,
             request_seconds,
             fsync_seconds,
             group_commit_records,

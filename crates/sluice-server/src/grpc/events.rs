@@ -19,6 +19,8 @@ use crate::front::inflate::{inflate, Encoding};
 /// events in the byte budget until it is appended.
 pub(super) struct Prepared {
     pub(super) events: Vec<Event>,
+    /// Who sent them (for the per-key metrics).
+    pub(super) principal: Principal,
     pub(super) bytes: usize,
     pub(super) return_ids: bool,
     _charge: Charge,
@@ -72,6 +74,7 @@ pub(super) fn decode(
     let (events, bytes) = to_events(principal, req.stream, req.events)?;
     Ok(Prepared {
         events,
+        principal: principal.clone(),
         bytes,
         return_ids,
         _charge: charge,

@@ -49,10 +49,19 @@ pub async fn handle(
     // request there and find it cut off (HTTP/2 streams end on their own).
     let unread_body_closes = req.version() < Version::HTTP_2 && !req.body().is_end_stream();
     let mut body_read = false;
-    let response = match ingest(&state, req, &mut body_read).await {
+    let stream = route(req.uri().path()).ok().map(str::to_string);
+    let mut who = None;
+    let response = match ingest(&state, req, &mut body_read, &mut who).await {
         Ok(r) => r,
         Err(e) => {
             state.metrics.reject(e.code);
+            let key = who
+                .as_ref()
+                .map_or("_unauthenticated", crate::auth::key_name);
+            state
+                .metrics
+                .tenants
+                .rejected(stream.as_deref(), key, e.code);
             let mut r = e.into_response();
             if state.shutting_down.is_cancelled() || (unread_body_closes && !body_read) {
                 r.headers_mut()
@@ -78,12 +87,14 @@ async fn ingest(
     state: &IngestState,
     req: Request<Incoming>,
     body_read: &mut bool,
+    who: &mut Option<crate::auth::Principal>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let stream = route(req.uri().path())?;
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed("POST"));
     }
     let principal = state.keys.authenticate(req.headers())?;
+    *who = Some(principal.clone());
     let _permit = state.admit()?;
     validate_stream_name(stream)?;
     crate::auth::check_stream(&principal, stream)?;
@@ -168,7 +179,7 @@ async fn ingest(
     } else {
         Vec::new()
     };
-    state.append(events, bytes).await?;
+    state.append(events, bytes, &principal).await?;
     let body = if want_ids {
         serde_json::to_vec(&serde_json::json!({ "accepted": n, "ids": ids }))
             .expect("serialising ids cannot fail")

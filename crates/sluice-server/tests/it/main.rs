@@ -10,4 +10,5 @@ mod ingest;
 mod limits;
 mod slow_clients;
 mod support;
+mod tenants;
 mod tls;

@@ -1,0 +1,133 @@
+//! Per-stream, per-key series with bounded cardinality: what each tenant sends and
+//! what of it is refused. A stream name is a producer's string, so the set of series
+//! is capped: the first [`MAX_TENANT_SERIES`] (stream, key) pairs get series of their
+//! own, later pairs are counted under stream `_other` (keeping their key: key names
+//! come from the config, a bounded set). Rejections before a stream name is known or
+//! valid count under `_none` / `_invalid`; before authentication, key
+//! `_unauthenticated`; without API keys, key `_anonymous`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use sluice_core::validate_stream_name;
+
+/// Most (stream, key) pairs with series of their own.
+pub const MAX_TENANT_SERIES: usize = 256;
+
+type Tenant = [(&'static str, String); 2];
+type TenantReason = [(&'static str, String); 3];
+
+/// The per-tenant counters.
+pub struct Tenants {
+    /// stream -> key -> its accepted counters: looked up by `&str` on every accepted
+    /// request, so the hot path allocates nothing once a pair is known.
+    seen: Mutex<Seen>,
+    events: Family<Tenant, Counter>,
+    bytes: Family<Tenant, Counter>,
+    rejected: Family<TenantReason, Counter>,
+}
+
+#[derive(Default)]
+struct Seen {
+    pairs: HashMap<String, HashMap<String, (Counter, Counter)>>,
+    /// Pairs with series of their own (`_other` pairs not counted).
+    count: usize,
+}
+
+impl Tenants {
+    pub(super) fn register(r: &mut Registry) -> Tenants {
+        let t = Tenants {
+            seen: Mutex::default(),
+            events: Family::default(),
+            bytes: Family::default(),
+            rejected: Family::default(),
+        };
+        r.register(
+            "sluice_stream_events",
+            "Events accepted by ingest, by stream and API key name (bounded: see the docs)",
+            t.events.clone(),
+        );
+        r.register(
+            "sluice_stream_bytes",
+            "Payload bytes accepted by ingest, by stream and API key name",
+            t.bytes.clone(),
+        );
+        r.register(
+            "sluice_stream_rejected_requests",
+            "HTTP ingest requests rejected, by stream, API key name and reason",
+            t.rejected.clone(),
+        );
+        t
+    }
+
+    /// Runs `f` on the accepted counters of (`stream`, `key`), or of (`_other`,
+    /// `key`) once the cap is reached; a pair takes its place on first sight.
+    fn with<R>(&self, stream: &str, key: &str, f: impl FnOnce(&(Counter, Counter)) -> R) -> R {
+        let mut seen = self.seen.lock().expect("tenants lock poisoned");
+        if let Some(c) = seen.pairs.get(stream).and_then(|keys| keys.get(key)) {
+            return f(c);
+        }
+        let stream = if seen.count < MAX_TENANT_SERIES {
+            seen.count += 1;
+            stream
+        } else {
+            "_other"
+        };
+        let labels: Tenant = [("stream", stream.to_string()), ("key", key.to_string())];
+        let counters = (
+            self.events.get_or_create(&labels).clone(),
+            self.bytes.get_or_create(&labels).clone(),
+        );
+        let r = f(&counters);
+        seen.pairs
+            .entry(stream.to_string())
+            .or_default()
+            .insert(key.to_string(), counters);
+        r
+    }
+
+    /// Counts `events` accepted events of `bytes` payload bytes of one stream.
+    pub fn accepted(&self, stream: &str, key: &str, events: u64, bytes: u64) {
+        self.with(stream, key, |(e, b)| {
+            e.inc_by(events);
+            b.inc_by(bytes);
+        });
+    }
+
+    /// Counts a rejected request; `stream` as the request named it, if it did.
+    pub fn rejected(&self, stream: Option<&str>, key: &str, reason: &'static str) {
+        let stream = match stream {
+            None => "_none",
+            Some(s) if validate_stream_name(s).is_err() => "_invalid",
+            Some(s) => s,
+        };
+        // The same cap as accepted events: the pair takes a place, or is `_other`.
+        let known = {
+            let seen = self.seen.lock().expect("tenants lock poisoned");
+            seen.pairs
+                .get(stream)
+                .is_some_and(|keys| keys.contains_key(key))
+        };
+        let label = if known {
+            stream.to_string()
+        } else {
+            self.with(stream, key, |_| ());
+            let seen = self.seen.lock().expect("tenants lock poisoned");
+            let own = seen
+                .pairs
+                .get(stream)
+                .is_some_and(|keys| keys.contains_key(key));
+            if own { stream } else { "_other" }.to_string()
+        };
+        self.rejected
+            .get_or_create(&[
+                ("stream", label),
+                ("key", key.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
+}

@@ -1,6 +1,8 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (it takes events:
 //! not shutting down, and the queue has room for a request of the largest size) and
-//! `/metrics` (Prometheus text); and `/debug/pprof/*` for whom [`DebugAccess`] lets in.
+//! `/metrics` (Prometheus text), `/ui` (a live dashboard of `/metrics`: one page,
+//! nothing fetched from elsewhere); and `/debug/pprof/*` for whom [`DebugAccess`]
+//! lets in.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::debug::{self, DebugAccess};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+
+/// The dashboard (`/ui`).
+const UI: &str = include_str!("ui.html");
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -70,6 +75,18 @@ pub async fn handle(
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             }
         }
+        "/ui" | "/ui/" => {
+            let mut r = text(StatusCode::OK, UI.into(), "text/html; charset=utf-8");
+            // The page talks to this listener only, and runs only its own inline code.
+            r.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; \
+                     style-src 'unsafe-inline'; connect-src 'self'",
+                ),
+            );
+            r
+        }
         "/metrics" => text(
             StatusCode::OK,
             state
@@ -80,7 +97,7 @@ pub async fn handle(
         _ => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin endpoints: /healthz, /readyz, /metrics, /debug/pprof/profile",
+            "admin endpoints: /healthz, /readyz, /metrics, /ui, /debug/pprof/profile",
         )
         .into_response(),
     };

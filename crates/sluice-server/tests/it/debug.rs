@@ -9,32 +9,10 @@ use pprof::protos::Message;
 
 use crate::support::*;
 
-/// Posts single events to `node` until `stop`, so the profile has work to see.
-fn load(
-    node: &TestNode,
-) -> (
-    tokio::task::JoinHandle<u64>,
-    tokio::sync::watch::Sender<bool>,
-) {
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let url = node.events_url("profiled");
-    let task = tokio::spawn(async move {
-        let http = Http::h1();
-        let mut sent = 0;
-        while !*stopped.borrow_and_update() {
-            let a = http.post(&url, &[JSON], r#"{"n":1}"#).await;
-            assert_eq!(a.status, StatusCode::ACCEPTED);
-            sent += 1;
-        }
-        sent
-    });
-    (task, stop)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_profile_of_a_loaded_node_is_a_pprof_file_or_a_flame_graph() {
     let node = sluice_server::test_util::start_fast(&[]).await;
-    let (task, stop) = load(&node);
+    let (task, stop) = post_until_stopped(&node, "profiled");
     let http = Http::h1();
     let url = format!("{}/debug/pprof/profile?seconds=2", node.admin);
 

@@ -12,3 +12,4 @@ mod slow_clients;
 mod support;
 mod tenants;
 mod tls;
+mod ui;

@@ -484,3 +484,27 @@ pub fn key_config(dir: &Path, extra: &str) -> (String, PathBuf) {
     .unwrap();
     (key, file)
 }
+
+/// Posts single events to `stream` of `node` until told to stop (send `true`);
+/// the task returns how many were accepted.
+pub fn post_until_stopped(
+    node: &TestNode,
+    stream: &str,
+) -> (
+    tokio::task::JoinHandle<u64>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let url = node.events_url(stream);
+    let task = tokio::spawn(async move {
+        let http = Http::h1();
+        let mut sent = 0;
+        while !*stopped.borrow_and_update() {
+            let a = http.post(&url, &[JSON], r#"{"n":1}"#).await;
+            assert_eq!(a.status, StatusCode::ACCEPTED);
+            sent += 1;
+        }
+        sent
+    });
+    (task, stop)
+}

@@ -4,6 +4,7 @@
 //! - [`load`]: an open- or closed-model load generator for the HTTP and gRPC APIs,
 //!   with HDR histograms and table / JSON / HTML reports.
 //! - [`send`]: NDJSON from a file or stdin to a stream, in batches.
+//! - [`top`]: one or several nodes' pipelines, live in a terminal.
 //!
 //! Their flags are `clap` types ([`load::LoadArgs`], [`send::SendArgs`]) that the
 //! binary flattens into its subcommands; durations and sizes use the config file's
@@ -12,3 +13,4 @@
 
 pub mod load;
 pub mod send;
+pub mod top;

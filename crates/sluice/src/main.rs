@@ -51,6 +51,8 @@ enum Cmd {
     Load(Box<sluice_tools::load::LoadArgs>),
     /// Send NDJSON from a file or stdin to a stream, in batches.
     Send(Box<sluice_tools::send::SendArgs>),
+    /// Watch one or several nodes live in the terminal (their admin listeners).
+    Top(Box<sluice_tools::top::TopArgs>),
     /// Probe a node's admin listener (plain HTTP) and exit 0 on a 200: a container
     /// health check that needs nothing but this binary.
     Health {
@@ -194,6 +196,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sluice_tools::send::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Top(args) => {
+            sluice_tools::top::main(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Health { url, timeout } => {
             let status = health(&url, std::time::Duration::from_secs(timeout.max(1)))?;
             println!("{url}: {status}");
@@ -283,32 +289,8 @@ fn clean_code(clean: bool) -> ExitCode {
 /// GETs `url` (`http://HOST:PORT/PATH`) with HTTP/1.0 and returns the status line's
 /// code and reason, e.g. `200 OK`.
 fn health(url: &str, timeout: std::time::Duration) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    use std::net::{TcpStream, ToSocketAddrs};
-    let rest = url.strip_prefix("http://").with_context(|| {
-        format!("--url {url:?}: only http:// URLs (the admin listener without TLS)")
-    })?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let addr = host
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))?;
-    let mut conn = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to {addr}"))?;
-    conn.set_read_timeout(Some(timeout))?;
-    conn.set_write_timeout(Some(timeout))?;
-    write!(conn, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
-    let mut head = Vec::new();
-    conn.take(4096)
-        .read_to_end(&mut head)
-        .with_context(|| format!("reading the answer of {addr}"))?;
-    let head = String::from_utf8_lossy(&head);
-    let status = head.lines().next().unwrap_or_default();
-    match status.split_once(' ') {
-        Some((version, status)) if version.starts_with("HTTP/") => Ok(status.trim().to_string()),
-        _ => anyhow::bail!("{addr} did not answer HTTP: {status:?}"),
-    }
+    let (status, _) = sluice_tools::top::scrape::get(url, timeout, 4096)?;
+    Ok(status)
 }
 
 /// Accepts the WAL directory itself or a data directory that holds `wal/`.

@@ -15,3 +15,4 @@ mod nats;
 mod procs;
 #[path = "../../../sluice-server/tests/it/support.rs"]
 mod support;
+mod top;

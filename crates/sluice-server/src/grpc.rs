@@ -121,7 +121,7 @@ pub struct Admission {
 /// Refusals are counted by reason.
 pub fn admit_call<B>(state: &IngestState, req: &http::Request<B>) -> Result<Admission, Status> {
     let Some(rpc) = Rpc::from_path(req.uri().path()) else {
-        state.metrics.reject("not_found");
+        count_rejection(state, None, "not_found");
         return Err(Status::unimplemented(format!(
             "no method {} in sluice.v1.IngestService",
             req.uri().path()
@@ -130,27 +130,29 @@ pub fn admit_call<B>(state: &IngestState, req: &http::Request<B>) -> Result<Admi
     let principal = state
         .keys
         .authenticate(req.headers())
-        .map_err(|e| reject(state, e))?;
+        .map_err(|e| reject(state, None, e))?;
     let encoding = match req.headers().get("grpc-encoding") {
         None => Encoding::Identity,
         Some(v) => match v.to_str().ok().and_then(Encoding::parse) {
             Some(e) => e,
             None => {
-                state.metrics.reject("unsupported_encoding");
+                count_rejection(state, Some(&principal), "unsupported_encoding");
                 return Err(Status::unimplemented(format!(
                     "grpc-encoding {v:?} is not supported; use gzip or zstd"
                 )));
             }
         },
     };
-    let permit = state.admit().map_err(|e| reject(state, e))?;
+    let permit = state
+        .admit()
+        .map_err(|e| reject(state, Some(&principal), e))?;
     if rpc == Rpc::Ingest {
         // A unary call is refused before its message is even read when the queue has
         // no room for a message of the largest size (gRPC has no Content-Length to
         // go by; `/readyz` uses the same bound); streams hold back instead.
         state
             .shed_if_full(state.limits.max_body_bytes.0)
-            .map_err(|e| reject(state, e))?;
+            .map_err(|e| reject(state, Some(&principal), e))?;
     }
     Ok(Admission {
         rpc,
@@ -225,7 +227,7 @@ impl Call {
                 accepted: a.events,
                 ids: a.ids,
             }),
-            Err(e) => reply::status(reject(state, e)),
+            Err(e) => reply::status(reject(state, Some(&self.principal), e)),
         }
     }
 
@@ -298,7 +300,7 @@ impl Call {
                             // The client's stream broke or sent a bad frame: what is in
                             // flight still completes (it may be durable), nothing is acked.
                             while pending.next().await.is_some() {}
-                            return reply::status(reject(state, e));
+                            return reply::status(reject(state, Some(&self.principal), e));
                         }
                     }
                 }
@@ -306,7 +308,7 @@ impl Call {
             }
         }
         if let Some((seq, e)) = failed {
-            let mut status = reject(state, e);
+            let mut status = reject(state, Some(&self.principal), e);
             let md = status.metadata_mut();
             md.insert("sluice-failed-message", seq.into());
             md.insert("sluice-accepted-events", total.accepted.into());
@@ -346,8 +348,7 @@ impl Call {
                                 IngestAck { sequence: seq, accepted: a.events, ..Default::default() }
                             }
                             Err(e) => {
-                                state.metrics.reject(e.code);
-                                let status = e.into_status();
+                                let status = reject(&state, Some(&call.principal), e);
                                 IngestAck {
                                     sequence: seq,
                                     accepted: 0,
@@ -380,7 +381,7 @@ impl Call {
                             Ok(None) => inbound_done = true,
                             Err(e) => {
                                 while pending.next().await.is_some() {}
-                                let _ = tx.send(Err(reject(&state, e))).await;
+                                let _ = tx.send(Err(reject(&state, Some(&call.principal), e))).await;
                                 return;
                             }
                         }
@@ -394,7 +395,9 @@ impl Call {
                 } else {
                     ApiError::shutting_down()
                 };
-                let _ = tx.send(Err(reject(&state, why))).await;
+                let _ = tx
+                    .send(Err(reject(&state, Some(&call.principal), why)))
+                    .await;
             }
         });
         reply::streaming(rx)
@@ -463,10 +466,18 @@ fn too_many_ids(max: usize, promised: usize) -> ApiError {
     )
 }
 
-/// Counts a rejection and turns it into a status.
-fn reject(state: &IngestState, e: ApiError) -> Status {
-    state.metrics.reject(e.code);
+/// Counts a rejection (by reason, and for the caller's key: `who`, `None` before
+/// authentication) and turns it into a status. A gRPC call's stream is per message,
+/// so its rejections count under stream `_grpc`.
+fn reject(state: &IngestState, who: Option<&Principal>, e: ApiError) -> Status {
+    count_rejection(state, who, e.code);
     e.into_status()
+}
+
+fn count_rejection(state: &IngestState, who: Option<&Principal>, code: &'static str) {
+    state.metrics.reject(code);
+    let key = who.map_or("_unauthenticated", crate::auth::key_name);
+    state.metrics.tenants.rejected(Some("_grpc"), key, code);
 }
 
 /// Appends a prepared message and waits until it is durable. Owns what it needs, so

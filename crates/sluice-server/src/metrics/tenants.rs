@@ -3,8 +3,9 @@
 //! is capped: the first [`MAX_TENANT_SERIES`] (stream, key) pairs get series of their
 //! own, later pairs are counted under stream `_other` (keeping their key: key names
 //! come from the config, a bounded set). Rejections before a stream name is known or
-//! valid count under `_none` / `_invalid`; before authentication, key
-//! `_unauthenticated`; without API keys, key `_anonymous`.
+//! valid count under `_none` / `_invalid`, gRPC calls (whose stream is per message)
+//! under `_grpc`; before authentication, key `_unauthenticated`; without API keys,
+//! key `_anonymous`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -57,7 +58,7 @@ impl Tenants {
         );
         r.register(
             "sluice_stream_rejected_requests",
-            "HTTP ingest requests rejected, by stream, API key name and reason",
+            "Ingest requests rejected, by stream (_grpc for gRPC calls), API key name and reason",
             t.rejected.clone(),
         );
         t

@@ -145,6 +145,25 @@ async fn unary_errors_are_precise_statuses_and_nothing_is_written() {
         ),
         1.0
     );
+    // Per tenant: a call's stream is per message, so gRPC refusals count under
+    // `_grpc`, by key; the accepted event under its stream.
+    let tenant = |labels: &str| {
+        metric(
+            &m,
+            &format!("sluice_stream_rejected_requests_total{labels}"),
+        )
+    };
+    assert_eq!(
+        tenant("{stream=\"_grpc\",key=\"_anonymous\",reason=\"invalid_stream\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_stream_events_total{stream=\"s\",key=\"_anonymous\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

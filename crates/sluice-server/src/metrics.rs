@@ -5,6 +5,7 @@
 //! name, an HTTP status class); the one user string, a stream name, only in
 //! [`Tenants`], under a cap.
 
+mod runtime;
 mod tenants;
 
 pub use tenants::{Tenants, MAX_TENANT_SERIES};
@@ -39,6 +40,8 @@ pub struct Metrics {
     pub rejected: Family<Label, Counter>,
     /// Events, bytes and rejections by stream and API key (bounded).
     pub tenants: Tenants,
+    /// The async runtime: workers, busy time, tasks (read at scrape time).
+    runtime: runtime::RuntimeMetrics,
     /// Ingest request latency, seconds, by status class.
     pub request_seconds: Family<Label, Histogram>,
     /// WAL fdatasync latency, seconds.
@@ -107,6 +110,7 @@ impl Metrics {
             requests_accepted.clone(),
         );
         let tenants = Tenants::register(&mut r);
+        let runtime = runtime::RuntimeMetrics::register(&mut r);
         let rejected = Family::<Label, Counter>::default();
         r.register(
             "sluice_ingest_rejected_requests",
@@ -248,6 +252,7 @@ impl Metrics {
             requests_accepted,
             rejected,
             tenants,
+            runtime,
             request_seconds,
             fsync_seconds,
             group_commit_records,
@@ -299,6 +304,7 @@ impl Metrics {
         self.processor_lag_seconds.set(lag);
         self.processor_in_flight
             .set(processor.in_flight.load(Ordering::Relaxed) as i64);
+        self.runtime.refresh();
         advance(
             &self.sink_delivered.get_or_create(&[("sink", sink)]),
             processor.delivered_events.load(Ordering::Relaxed),

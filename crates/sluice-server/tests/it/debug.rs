@@ -113,3 +113,36 @@ async fn debug_endpoints_need_the_admin_token_or_a_loopback_listener() {
         StatusCode::OK
     );
 }
+
+/// The runtime view in /metrics: workers, live tasks, and busy time that grows
+/// under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_runtime_workers_tasks_and_busy_time() {
+    let node = sluice_server::test_util::start_fast(&[]).await;
+    let busy = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("sluice_runtime_worker_busy_seconds_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let before = node.metrics().await;
+    let (task, stop) = post_until_stopped(&node, "busy");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let during = node.metrics().await;
+    stop.send(true).unwrap();
+    assert!(task.await.unwrap() > 0);
+    assert_eq!(
+        metric(&during, "sluice_runtime_workers"),
+        2.0,
+        "the test runtime's"
+    );
+    assert!(metric(&during, "sluice_runtime_alive_tasks") >= 1.0);
+    assert!(during.contains("sluice_runtime_global_queue_depth "));
+    assert!(
+        busy(&during) > busy(&before),
+        "busy time grows under load: {} -> {}",
+        busy(&before),
+        busy(&during)
+    );
+    assert!(during.contains("sluice_runtime_worker_parks_total{worker=\"1\"}"));
+}

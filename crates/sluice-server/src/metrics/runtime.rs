@@ -1,0 +1,81 @@
+//! The async runtime seen from inside, read at scrape time from the runtime that
+//! serves the scrape (the node's): its workers, how busy each is, how many tasks are
+//! alive and how many wait in the shared queue. A worker busy ~100 % of the time
+//! with a growing queue is a node short of CPU; busy workers with few tasks, one
+//! task hogging a worker.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Worker = [(&'static str, String); 1];
+
+/// The runtime's gauges and per-worker counters.
+pub struct RuntimeMetrics {
+    workers: Gauge,
+    alive_tasks: Gauge,
+    global_queue: Gauge,
+    busy_seconds: Family<Worker, Counter<f64, AtomicU64>>,
+    parks: Family<Worker, Counter>,
+}
+
+impl RuntimeMetrics {
+    pub(super) fn register(r: &mut Registry) -> RuntimeMetrics {
+        let m = RuntimeMetrics {
+            workers: Gauge::default(),
+            alive_tasks: Gauge::default(),
+            global_queue: Gauge::default(),
+            busy_seconds: Family::default(),
+            parks: Family::default(),
+        };
+        r.register(
+            "sluice_runtime_workers",
+            "Worker threads of the async runtime",
+            m.workers.clone(),
+        );
+        r.register(
+            "sluice_runtime_alive_tasks",
+            "Tasks alive in the async runtime (connections, requests, pipeline tasks)",
+            m.alive_tasks.clone(),
+        );
+        r.register(
+            "sluice_runtime_global_queue_depth",
+            "Tasks waiting in the runtime's shared queue for a worker",
+            m.global_queue.clone(),
+        );
+        r.register(
+            "sluice_runtime_worker_busy_seconds",
+            "Time each runtime worker spent running tasks",
+            m.busy_seconds.clone(),
+        );
+        r.register(
+            "sluice_runtime_worker_parks",
+            "Times each runtime worker went idle",
+            m.parks.clone(),
+        );
+        m
+    }
+
+    /// Reads the current runtime, if the scrape runs on one.
+    pub(super) fn refresh(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let rt = handle.metrics();
+        self.workers.set(rt.num_workers() as i64);
+        self.alive_tasks.set(rt.num_alive_tasks() as i64);
+        self.global_queue.set(rt.global_queue_depth() as i64);
+        for w in 0..rt.num_workers() {
+            let label = [("worker", w.to_string())];
+            let busy = self.busy_seconds.get_or_create(&label);
+            let total = rt.worker_total_busy_duration(w).as_secs_f64();
+            if total > busy.get() {
+                busy.inc_by(total - busy.get());
+            }
+            super::advance(&self.parks.get_or_create(&label), rt.worker_park_count(w));
+        }
+    }
+}

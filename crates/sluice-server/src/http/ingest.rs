@@ -49,7 +49,9 @@ pub async fn handle(
     // request there and find it cut off (HTTP/2 streams end on their own).
     let unread_body_closes = req.version() < Version::HTTP_2 && !req.body().is_end_stream();
     let mut body_read = false;
-    let stream = route(req.uri().path()).ok().map(str::to_string);
+    // A refusal is counted under the stream the path names (the Uri clone shares
+    // its bytes: nothing is copied unless the request is refused).
+    let uri = req.uri().clone();
     let mut who = None;
     let response = match ingest(&state, req, &mut body_read, &mut who).await {
         Ok(r) => r,
@@ -61,7 +63,7 @@ pub async fn handle(
             state
                 .metrics
                 .tenants
-                .rejected(stream.as_deref(), key, e.code);
+                .rejected(route(uri.path()).ok(), key, e.code);
             let mut r = e.into_response();
             if state.shutting_down.is_cancelled() || (unread_body_closes && !body_read) {
                 r.headers_mut()

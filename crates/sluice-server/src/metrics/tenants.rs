@@ -34,6 +34,9 @@ pub struct Tenants {
 #[derive(Default)]
 struct Seen {
     pairs: HashMap<String, HashMap<String, (Counter, Counter)>>,
+    /// stream label -> key -> reason -> its rejection counter: only the names the
+    /// cap let in, and `_other`.
+    rejected: HashMap<String, HashMap<String, HashMap<&'static str, Counter>>>,
     /// Pairs with series of their own (`_other` pairs not counted).
     count: usize,
 }
@@ -98,37 +101,47 @@ impl Tenants {
         });
     }
 
-    /// Counts a rejected request; `stream` as the request named it, if it did.
+    /// Counts a rejected request; `stream` as the request named it, if it did. A
+    /// known (stream, key, reason) is counted without allocating: refusals are the
+    /// cheap answer under overload and stay cheap.
     pub fn rejected(&self, stream: Option<&str>, key: &str, reason: &'static str) {
         let stream = match stream {
             None => "_none",
             Some(s) if validate_stream_name(s).is_err() => "_invalid",
             Some(s) => s,
         };
-        // The same cap as accepted events: the pair takes a place, or is `_other`.
-        let known = {
+        {
             let seen = self.seen.lock().expect("tenants lock poisoned");
-            seen.pairs
-                .get(stream)
-                .is_some_and(|keys| keys.contains_key(key))
-        };
-        let label = if known {
-            stream.to_string()
-        } else {
-            self.with(stream, key, |_| ());
-            let seen = self.seen.lock().expect("tenants lock poisoned");
-            let own = seen
-                .pairs
-                .get(stream)
-                .is_some_and(|keys| keys.contains_key(key));
-            if own { stream } else { "_other" }.to_string()
-        };
-        self.rejected
+            let known = seen.rejected.get(stream).and_then(|keys| keys.get(key));
+            if let Some(c) = known.and_then(|reasons| reasons.get(reason)) {
+                c.inc();
+                return;
+            }
+        }
+        // First sight: the pair takes a place under the cap (or is `_other`).
+        self.with(stream, key, |_| ());
+        let mut seen = self.seen.lock().expect("tenants lock poisoned");
+        let own = seen
+            .pairs
+            .get(stream)
+            .is_some_and(|keys| keys.contains_key(key));
+        let label = if own { stream } else { "_other" };
+        let counter = self
+            .rejected
             .get_or_create(&[
-                ("stream", label),
+                ("stream", label.to_string()),
                 ("key", key.to_string()),
                 ("reason", reason.to_string()),
             ])
-            .inc();
+            .clone();
+        counter.inc();
+        // Keyed by the label, not the name: names past the cap never enter the map
+        // (they take this slow path each time), so it stays bounded too.
+        seen.rejected
+            .entry(label.to_string())
+            .or_default()
+            .entry(key.to_string())
+            .or_default()
+            .insert(reason, counter);
     }
 }

@@ -112,4 +112,21 @@ async fn each_tenants_events_and_refusals_are_counted_and_bounded() {
             "sluice_stream_events_total{stream=\"_other\",key=\"tenant-a\"}"
         ) >= 20.0
     );
+
+    // Refusals past the cap land under _other too, counted one by one.
+    for i in 0..30 {
+        let r = http
+            .post(&node.events_url(&format!("late{i}")), &as_a, "{\"n\":")
+            .await;
+        assert_eq!(r.status, 400);
+    }
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_stream_rejected_requests_total{stream=\"_other\",key=\"tenant-a\",reason=\"invalid_json\"}"
+        ),
+        30.0
+    );
+    assert!(series(&m, "sluice_stream_rejected_requests_total").len() <= 8);
 }

@@ -137,7 +137,10 @@ async fn the_dashboard_shows_a_loaded_node_live_in_a_real_browser() {
         .parse()
         .unwrap();
     assert!(last_in > 0.0, "{chart}");
-    assert!(dom.contains(">clicks<"), "the stream is in the top-streams table");
+    assert!(
+        dom.contains(">clicks<"),
+        "the stream is in the top-streams table"
+    );
     assert!(sent > 0);
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(

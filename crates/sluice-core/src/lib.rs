@@ -24,7 +24,9 @@ pub use header::{
     RESERVED_HEADER_PREFIXES,
 };
 pub use options::{OptionError, Properties, Secret};
-pub use queue::{AppendError, ConsumeError, Consumer, Delivery, Queue, QueueStats, Unhealthy};
+pub use queue::{
+    AppendError, Committed, ConsumeError, Consumer, Delivery, Queue, QueueStats, Unhealthy,
+};
 pub use sink::{Rejection, Sink, SinkError};
 pub use stream::{validate_stream_name, StreamNameError, MAX_STREAM_NAME_LEN, QUARANTINE_STREAM};
 pub use time::{format_rfc3339_millis, now_unix_nanos};

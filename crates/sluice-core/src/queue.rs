@@ -14,6 +14,18 @@ use std::time::Duration;
 
 use crate::{Batch, BoxFuture, Event};
 
+/// What an append waited for: the group commit that made it durable, for traces.
+/// A backend that does not group appends (or does not say) reports the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Appends made durable together with this one (itself included); 0 = unknown.
+    pub group_appends: u32,
+    /// Bytes written for the whole group.
+    pub group_bytes: u64,
+    /// How long the group's fsync took, when there was one.
+    pub sync: Option<Duration>,
+}
+
 /// Why an append was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -109,7 +121,7 @@ pub struct QueueStats {
 /// A queue backend. See the module docs for the contract.
 pub trait Queue: Send + Sync + 'static {
     /// Appends `batch` atomically; resolves once it is durable per the ack mode.
-    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>>;
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<Committed, AppendError>>;
 
     /// Opens the named consumer, resuming after its last committed position.
     fn consumer(&self, name: &str) -> Result<Box<dyn Consumer>, ConsumeError>;

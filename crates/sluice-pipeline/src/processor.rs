@@ -30,6 +30,7 @@ use std::time::Duration;
 use sluice_core::{
     validate_stream_name, ConsumeError, Consumer, Event, Queue, Sink, SinkError, QUARANTINE_STREAM,
 };
+use sluice_telemetry::DeliveryTrace;
 use tokio_util::sync::CancellationToken;
 
 use crate::Backoff;
@@ -192,9 +193,16 @@ async fn worker(
         match polled {
             Ok(Some(d)) => {
                 stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                deliver(id, &d.events, &d.attempts, &sinks, &stats, &opts).await;
+                let w = Worker {
+                    id,
+                    sinks: &sinks,
+                    stats: &stats,
+                    opts: &opts,
+                    trace: DeliveryTrace::start(&d.events),
+                };
+                deliver(&w, &d.events, &d.attempts).await;
                 // Messages the queue could not read go to the dead-letter sink only.
-                to_dead_letter(id, d.unreadable, "queue", &sinks, &stats, &opts).await;
+                to_dead_letter(&w, d.unreadable, "queue").await;
                 stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 if let Err(e) = consumer.commit(d.token).await {
                     tracing::error!(worker = id, error = %e, "commit failed; the delivery will be replayed");
@@ -218,17 +226,47 @@ struct Sinks {
     dead: Option<Arc<dyn Sink>>,
 }
 
+/// What a worker delivers one delivery with.
+struct Worker<'a> {
+    id: usize,
+    sinks: &'a Sinks,
+    stats: &'a ProcessorStats,
+    opts: &'a ProcessorOptions,
+    /// The delivery's traced events' contexts; `None` when tracing is off.
+    trace: Option<DeliveryTrace>,
+}
+
+impl Worker<'_> {
+    /// One attempt at `sink`, inside its span when the delivery is traced; returns
+    /// the outcome and the trace id for log lines.
+    async fn attempt(
+        &self,
+        sink: &dyn Sink,
+        events: &[Event],
+        attempt: u32,
+    ) -> (Result<(), SinkError>, Option<String>) {
+        let Some(trace) = &self.trace else {
+            return (sink.deliver(events).await, None);
+        };
+        let span = trace.attempt(sink.name(), events.len(), attempt);
+        let r = span.instrument(sink.deliver(events)).await;
+        let trace_id = span.trace_id();
+        match &r {
+            Ok(()) => span.end("delivered", None),
+            Err(e @ (SinkError::Rejected(_) | SinkError::Permanent { .. })) => {
+                span.end("refused", Some(e.to_string()))
+            }
+            Err(e) => span.end("failed", Some(e.to_string())),
+        }
+        (r, Some(trace_id))
+    }
+}
+
 /// Delivers `events` with retries until the sink has taken each of them or it has
 /// gone to the dead-letter sink. `attempts` are the queue's per-event handout counts
 /// (empty when the queue does not count).
-async fn deliver(
-    id: usize,
-    events: &[Event],
-    attempts: &[u32],
-    sinks: &Sinks,
-    stats: &ProcessorStats,
-    opts: &ProcessorOptions,
-) {
+async fn deliver(w: &Worker<'_>, events: &[Event], attempts: &[u32]) {
+    let (sinks, opts) = (w.sinks, w.opts);
     if events.is_empty() {
         return;
     }
@@ -257,25 +295,21 @@ async fn deliver(
         events
     };
     if !todo.is_empty() {
-        dead.extend(to_sink(id, todo, sinks, stats, opts).await);
+        dead.extend(to_sink(w, todo).await);
     }
     if !dead.is_empty() {
-        to_dead_letter(id, dead, sinks.main.name(), sinks, stats, opts).await;
+        to_dead_letter(w, dead, sinks.main.name()).await;
     }
 }
 
 /// Delivers to the main sink; returns the events it refused for good, with reasons.
-async fn to_sink(
-    id: usize,
-    events: &[Event],
-    sinks: &Sinks,
-    stats: &ProcessorStats,
-    opts: &ProcessorOptions,
-) -> Vec<(Event, String)> {
+async fn to_sink(w: &Worker<'_>, events: &[Event]) -> Vec<(Event, String)> {
+    let (id, sinks, stats, opts) = (w.id, w.sinks, w.stats, w.opts);
     let sink = sinks.main.as_ref();
     let mut backoff = Backoff::new(opts.retry_initial, opts.retry_max);
     loop {
-        let refused: Vec<(Event, String)> = match sink.deliver(events).await {
+        let (result, trace_id) = w.attempt(sink, events, backoff.attempts() + 1).await;
+        let refused: Vec<(Event, String)> = match result {
             Ok(()) => Vec::new(),
             Err(SinkError::Rejected(list)) if sinks.dead.is_some() => list
                 .into_iter()
@@ -311,6 +345,7 @@ async fn to_sink(
                     attempt = tried,
                     error = %e,
                     retry_in_ms = delay.as_millis() as u64,
+                    trace_id,
                     "delivery failed, retrying"
                 );
                 tokio::time::sleep(delay).await;
@@ -332,14 +367,8 @@ async fn to_sink(
 /// and `sluice-dead-letter-sink` (`from`) headers, retrying until it takes them: a
 /// dead letter is never dropped. One whose stream name is invalid is filed under
 /// [`QUARANTINE_STREAM`], the name (escaped) in `sluice-dead-letter-stream`.
-async fn to_dead_letter(
-    id: usize,
-    dead: Vec<(Event, String)>,
-    from: &'static str,
-    sinks: &Sinks,
-    stats: &ProcessorStats,
-    opts: &ProcessorOptions,
-) {
+async fn to_dead_letter(w: &Worker<'_>, dead: Vec<(Event, String)>, from: &'static str) {
+    let (id, sinks, stats, opts) = (w.id, w.sinks, w.stats, w.opts);
     if dead.is_empty() {
         return;
     }
@@ -371,7 +400,8 @@ async fn to_dead_letter(
         .collect();
     let mut backoff = Backoff::new(opts.retry_initial, opts.retry_max);
     loop {
-        match dl.deliver(&events).await {
+        let (result, trace_id) = w.attempt(dl, &events, backoff.attempts() + 1).await;
+        match result {
             Ok(()) => {
                 stats
                     .dead_lettered_events
@@ -387,6 +417,7 @@ async fn to_dead_letter(
                     attempt = backoff.attempts(),
                     error = %e,
                     retry_in_ms = delay.as_millis() as u64,
+                    trace_id,
                     "dead-letter delivery failed, retrying"
                 );
                 tokio::time::sleep(delay).await;

@@ -24,8 +24,8 @@ use crossbeam_queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 use sluice_core::units::ByteSize;
 use sluice_core::{
-    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, OptionError, Queue,
-    QueueStats,
+    AppendError, Batch, BoxFuture, Committed, ConsumeError, Consumer, Delivery, Event, OptionError,
+    Queue, QueueStats,
 };
 use tokio::sync::Notify;
 
@@ -218,7 +218,7 @@ impl MemoryQueue {
 }
 
 impl Queue for MemoryQueue {
-    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<Committed, AppendError>> {
         Box::pin(async move {
             if self.inner.closed.load(Ordering::Acquire) {
                 return Err(AppendError::ShuttingDown);
@@ -239,7 +239,7 @@ impl Queue for MemoryQueue {
                 });
             }
             self.inner.readable.notify_one();
-            Ok(())
+            Ok(Committed::default())
         })
     }
 

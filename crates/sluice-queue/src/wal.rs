@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sluice_core::units::{ByteSize, HumanDuration};
 use sluice_core::{
-    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Delivery, Event, OptionError, Queue,
-    QueueStats, Unhealthy,
+    AppendError, Batch, BoxFuture, Committed, ConsumeError, Consumer, Delivery, Event, OptionError,
+    Queue, QueueStats, Unhealthy,
 };
 use sluice_wal::{Reader, Recovery, SyncMode, Wal, WalObserver, WalOptions};
 use tokio::sync::{oneshot, Notify};
@@ -208,7 +208,7 @@ impl WalQueue {
 }
 
 impl Queue for WalQueue {
-    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<Committed, AppendError>> {
         Box::pin(async move {
             let n = batch.len() as u64;
             let mut record = Vec::new();
@@ -224,9 +224,13 @@ impl Queue for WalQueue {
                 return Err(map_append_error(e, batch, self.inner.opts.retry_after));
             }
             match rx.await {
-                Ok(Ok(_pos)) => {
+                Ok(Ok(a)) => {
                     self.inner.appended_events.fetch_add(n, Ordering::Relaxed);
-                    Ok(())
+                    Ok(Committed {
+                        group_appends: u32::try_from(a.group_records).unwrap_or(u32::MAX),
+                        group_bytes: a.group_bytes,
+                        sync: a.sync,
+                    })
                 }
                 Ok(Err(e)) => Err(AppendError::Backend {
                     message: e.to_string(),

@@ -52,6 +52,9 @@ pub enum ConfigError {
         #[source]
         source: sluice_core::OptionError,
     },
+    /// `[telemetry]` is wrong.
+    #[error("{0}")]
+    Telemetry(#[from] sluice_telemetry::TelemetryError),
     /// The section names a backend this build of sluice left out.
     #[error("{section}.kind = {kind:?} needs a sluice built with the `{feature}` cargo feature")]
     NotBuilt {
@@ -105,6 +108,9 @@ pub struct Config {
     /// Where events that can never be delivered go, each with its reason; the file
     /// sink under `<data_dir>/dead` by default.
     pub dead_letter: SinkConfig,
+    /// Distributed tracing (OpenTelemetry, OTLP); off unless an endpoint is set here
+    /// or in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub telemetry: sluice_telemetry::TelemetryConfig,
 }
 
 /// Log output format.
@@ -232,6 +238,7 @@ impl Default for Config {
             processor: ProcessorConfig::default(),
             sink: SinkConfig::default(),
             dead_letter: SinkConfig::default(),
+            telemetry: Default::default(),
         }
     }
 }
@@ -346,6 +353,7 @@ impl Config {
             }
         };
         min("http.max_body_bytes", self.http.max_body_bytes.0, 1 << 10)?;
+        self.telemetry.validate()?;
         let backend = |section| move |source| ConfigError::Backend { section, source };
         self.queue.validate().map_err(backend("queue"))?;
         self.sink.validate().map_err(backend("sink"))?;
@@ -445,7 +453,11 @@ impl Config {
             });
         }
         let events = h.max_events_per_request as u64;
-        let record = record_bound(h.max_body_bytes.0, events);
+        // A traced request's events also carry its `traceparent` (at most 1 MiB).
+        let traced = events
+            .saturating_mul(sluice_telemetry::STAMP_BYTES_PER_EVENT)
+            .min(sluice_telemetry::STAMP_MAX_BYTES);
+        let record = record_bound(h.max_body_bytes.0, events).saturating_add(traced);
         let max_record = match &self.queue {
             QueueConfig::Wal(wal) => wal.max_record_bytes(),
             // One request is one WAL record; the other queues split it.
@@ -458,7 +470,7 @@ impl Config {
                 message: format!(
                     "is too large for the WAL record size: http.max_body_bytes ({}) + \
                      http.max_events_per_request ({events}) x {} bytes of record framing \
-                     per event = {} must be at most queue.segment_bytes / 2 ({}); lower \
+                     per event (+ up to 1 MiB of trace context) = {} must be at most queue.segment_bytes / 2 ({}); lower \
                      either limit or raise queue.segment_bytes",
                     h.max_body_bytes,
                     RECORD_BYTES_PER_EVENT + RECORD_BYTES_PER_HEADER,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use sluice_core::{AppendError, Batch, Event, Queue};
+use sluice_telemetry::RequestSpan;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -207,9 +208,10 @@ impl IngestState {
     /// which count them by stream and `principal`'s key too.
     pub async fn append(
         &self,
-        events: Vec<Event>,
+        mut events: Vec<Event>,
         bytes: usize,
         principal: &Principal,
+        trace: Option<&RequestSpan>,
     ) -> Result<(), ApiError> {
         let n = events.len() as u64;
         // Events and payload bytes per stream (a request's events share one, or few).
@@ -221,7 +223,20 @@ impl IngestState {
                 None => per_stream.push((e.stream.clone(), 1, len)),
             }
         }
-        self.queue.append(Batch::new(events)).await?;
+        let appended = match trace {
+            None => self.queue.append(Batch::new(events)).await,
+            Some(t) => {
+                t.stamp(&mut events);
+                let started = std::time::SystemTime::now();
+                let r = self.queue.append(Batch::new(events)).await;
+                match &r {
+                    Ok(c) => t.appended(started, n as usize, Ok(c)),
+                    Err(e) => t.appended(started, n as usize, Err(&e.to_string())),
+                }
+                r
+            }
+        };
+        appended?;
         self.metrics.events_accepted.inc_by(n);
         self.metrics.bytes_accepted.inc_by(bytes as u64);
         self.metrics.requests_accepted.inc();

@@ -51,7 +51,7 @@ use http::Uri;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_core::{
-    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Queue, QueueStats, Unhealthy,
+    AppendError, Batch, BoxFuture, Committed, ConsumeError, Consumer, Queue, QueueStats, Unhealthy,
 };
 use sluice_proto::wire::{encode_ingest_request, PreEncoded};
 use tokio_util::sync::CancellationToken;
@@ -529,7 +529,7 @@ impl Upstreams {
 }
 
 impl Queue for Upstreams {
-    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<Committed, AppendError>> {
         Box::pin(async move {
             if self.closed.is_cancelled() {
                 return Err(AppendError::ShuttingDown);
@@ -542,7 +542,11 @@ impl Queue for Upstreams {
             let me = self.me.upgrade();
             let Some(me) = me.filter(|_| mergeable) else {
                 let req = to_request(std::iter::once(&batch));
-                return self.forward(req).await.map_err(|f| f.error(batch));
+                return self
+                    .forward(req)
+                    .await
+                    .map(|()| Committed::default())
+                    .map_err(|f| f.error(batch));
             };
             let (done, answer) = tokio::sync::oneshot::channel();
             let start_sender = {
@@ -564,7 +568,10 @@ impl Queue for Upstreams {
             if start_sender {
                 tokio::spawn(me.send_waiting());
             }
-            answer.await.unwrap_or(Err(AppendError::ShuttingDown))
+            answer
+                .await
+                .unwrap_or(Err(AppendError::ShuttingDown))
+                .map(|()| Committed::default())
         })
     }
 

@@ -41,6 +41,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use http::StatusCode;
 use hyper::body::Incoming;
 use sluice_proto::v1::{IngestAck, IngestResponse};
+use sluice_telemetry::{KeyValue, RequestSpan};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tonic::Status;
 
@@ -95,6 +96,15 @@ pub enum Rpc {
 }
 
 impl Rpc {
+    /// The span name OpenTelemetry's RPC conventions give the call.
+    fn span_name(self) -> &'static str {
+        match self {
+            Rpc::Ingest => "sluice.v1.IngestService/Ingest",
+            Rpc::IngestStream => "sluice.v1.IngestService/IngestStream",
+            Rpc::IngestBidi => "sluice.v1.IngestService/IngestBidi",
+        }
+    }
+
     fn from_path(path: &str) -> Option<Rpc> {
         match path.strip_prefix("/sluice.v1.IngestService/")? {
             "Ingest" => Some(Rpc::Ingest),
@@ -169,12 +179,27 @@ impl Grpc {
             return reply::status(Status::internal("the call was not admitted"));
         };
         let limit = self.state.limits.max_body_bytes.0;
+        // The call's span ends when the last of its appends is done with it.
+        let trace = RequestSpan::start(admission.rpc.span_name(), req.headers(), || {
+            let method = admission.rpc.span_name().rsplit('/').next().unwrap_or("");
+            vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", "sluice.v1.IngestService"),
+                KeyValue::new("rpc.method", method),
+                KeyValue::new(
+                    "sluice.key",
+                    crate::auth::key_name(&admission.principal).to_string(),
+                ),
+            ]
+        })
+        .map(Arc::new);
         let messages = Messages::new(req.into_body(), &self.state.budget, limit);
         let call = Call {
             state: self.state.clone(),
             principal: admission.principal.clone(),
             encoding: admission.encoding,
             window: self.window,
+            trace,
         };
         let r = match admission.rpc {
             Rpc::Ingest => call.ingest(messages).await,
@@ -193,6 +218,7 @@ struct Call {
     principal: Principal,
     encoding: Encoding,
     window: usize,
+    trace: Option<Arc<RequestSpan>>,
 }
 
 /// What one accepted request message produced.
@@ -222,12 +248,17 @@ impl Call {
             Ok(raw) => self.prepare(raw).await,
             Err(e) => Err(e),
         };
-        match append(state.clone(), prepared).await {
+        match append(state.clone(), prepared, self.trace.clone()).await {
             Ok(a) => reply::unary(&IngestResponse {
                 accepted: a.events,
                 ids: a.ids,
             }),
-            Err(e) => reply::status(reject(state, Some(&self.principal), e)),
+            Err(e) => {
+                if let Some(t) = &self.trace {
+                    t.set(KeyValue::new("error.type", e.code));
+                }
+                reply::status(reject(state, Some(&self.principal), e))
+            }
         }
     }
 
@@ -293,7 +324,10 @@ impl Call {
                             }
                             let seq = sequence;
                             let state = state.clone();
-                            pending.push_back(async move { (seq, append(state, prepared).await) });
+                            let trace = self.trace.clone();
+                            pending.push_back(async move {
+                                (seq, append(state, prepared, trace).await)
+                            });
                         }
                         Ok(None) => inbound_done = true,
                         Err(e) => {
@@ -376,7 +410,11 @@ impl Call {
                                 sequence += 1;
                                 sequences.push_back(sequence);
                                 let prepared = call.prepare(raw).await;
-                                pending.push_back(append(state.clone(), prepared));
+                                pending.push_back(append(
+                                    state.clone(),
+                                    prepared,
+                                    call.trace.clone(),
+                                ));
                             }
                             Ok(None) => inbound_done = true,
                             Err(e) => {
@@ -486,6 +524,7 @@ fn count_rejection(state: &IngestState, who: Option<&Principal>, code: &'static 
 async fn append(
     state: Arc<IngestState>,
     prepared: Result<Prepared, ApiError>,
+    trace: Option<Arc<RequestSpan>>,
 ) -> Result<Accepted, ApiError> {
     let p = prepared?;
     if state.shutting_down.is_cancelled() {
@@ -497,6 +536,8 @@ async fn append(
         Vec::new()
     };
     let n = p.events.len() as u64;
-    state.append(p.events, p.bytes, &p.principal).await?;
+    state
+        .append(p.events, p.bytes, &p.principal, trace.as_deref())
+        .await?;
     Ok(Accepted { events: n, ids })
 }

@@ -102,4 +102,4 @@ pub use recovery::Recovery;
 pub use repair::{repair, repair_storage, Quarantined, RepairReport, SegmentRepair};
 pub use segment::ScanProblem;
 pub use storage::{FsStorage, Storage, StorageFile};
-pub use wal::{AppendCallback, Wal, WalFailure, WalStats};
+pub use wal::{AppendCallback, Appended, Wal, WalFailure, WalStats};

@@ -16,9 +16,22 @@ use crate::reader::Reader;
 use crate::recovery::{self, Recovery};
 use crate::storage::{FsStorage, Storage};
 
-/// Called exactly once from the writer thread with the record's position, or the
-/// error that kept it from becoming durable.
-pub type AppendCallback = Box<dyn FnOnce(Result<u64, AppendError>) + Send>;
+/// Called exactly once from the writer thread with the record's position and its
+/// group commit, or the error that kept it from becoming durable.
+pub type AppendCallback = Box<dyn FnOnce(Result<Appended, AppendError>) + Send>;
+
+/// A durable append: where its record is, and the group commit that made it durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's position.
+    pub position: u64,
+    /// Records in the group (this one included).
+    pub group_records: usize,
+    /// Frame bytes the group wrote.
+    pub group_bytes: u64,
+    /// The group's sync (`fdatasync`) time; `None` with [`SyncMode::Write`].
+    pub sync: Option<std::time::Duration>,
+}
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -261,6 +274,7 @@ impl Wal {
         )?;
         rx.recv()
             .expect("the writer calls every callback exactly once")
+            .map(|a| a.position)
     }
 
     /// Position up to which data is durable per [`SyncMode`] and readable.

@@ -16,7 +16,7 @@ use crate::frame::{self, FRAME_OVERHEAD, HEADER_LEN};
 use crate::options::SyncMode;
 use crate::recovery::Active;
 use crate::segment;
-use crate::wal::{lock, Pending, Shared, WalFailure};
+use crate::wal::{lock, Appended, Pending, Shared, WalFailure};
 
 /// Flush the group buffer to the file once it holds this much.
 const WRITE_CHUNK: usize = 4 << 20;
@@ -239,8 +239,13 @@ impl Writer {
         debug_assert!(end >= self.shared.durable_end.load(Ordering::Relaxed));
         self.shared.durable_end.store(end, Ordering::Release);
         let records = group.items.len();
-        for (item, pos) in group.items.into_iter().zip(positions) {
-            (item.done)(Ok(pos));
+        for (item, position) in group.items.into_iter().zip(positions) {
+            (item.done)(Ok(Appended {
+                position,
+                group_records: records,
+                group_bytes: frame_bytes,
+                sync,
+            }));
         }
         if let Some(obs) = &self.shared.observer {
             obs.on_group_commit(records, frame_bytes, sync);

@@ -350,6 +350,12 @@ fn serve(
     rt.enable_all().global_queue_interval(1);
     let runtime = rt.build().context("starting the async runtime")?;
     runtime.block_on(async move {
+        let telemetry = sluice_telemetry::install(&config.telemetry, role.command())
+            .context("starting tracing ([telemetry])")?;
+        if let Some(t) = &telemetry {
+            let r = t.resolved();
+            tracing::info!(endpoint = %r.endpoint, protocol = ?r.protocol, service = %r.service_name, "exporting traces with OTLP");
+        }
         let node = Node::start(
             config,
             NodeOptions {
@@ -362,6 +368,16 @@ fn serve(
         tracing::info!("signal received");
         node.shutdown();
         let clean = node.wait().await;
+        if let Some(t) = telemetry {
+            // The last spans, within a bound: a dead collector must not hold the exit.
+            let flush = tokio::task::spawn_blocking(move || t.shutdown());
+            if tokio::time::timeout(std::time::Duration::from_secs(5), flush)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the last spans were not exported within 5 s");
+            }
+        }
         tracing::info!(clean, "stopped");
         Ok(if clean {
             ExitCode::SUCCESS

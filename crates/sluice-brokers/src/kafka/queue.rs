@@ -10,7 +10,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, ClientContext};
 use sluice_core::{
-    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Event, Queue, QueueStats, Unhealthy,
+    AppendError, Batch, BoxFuture, Committed, ConsumeError, Consumer, Event, Queue, QueueStats,
+    Unhealthy,
 };
 
 use super::consumer::{self, KafkaConsumer};
@@ -451,8 +452,12 @@ impl KafkaQueue {
 }
 
 impl Queue for KafkaQueue {
-    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
-        Box::pin(self.append_one_or_many(batch))
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<Committed, AppendError>> {
+        Box::pin(async move {
+            self.append_one_or_many(batch)
+                .await
+                .map(|()| Committed::default())
+        })
     }
 
     fn consumer(&self, name: &str) -> Result<Box<dyn Consumer>, ConsumeError> {

@@ -9,7 +9,8 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use sluice_core::options::redact_url;
 use sluice_core::{
-    AppendError, Batch, BoxFuture, ConsumeError, Consumer, Event, Queue, QueueStats, Unhealthy,
+    AppendError, Batch, BoxFuture, Committed, ConsumeError, Consumer, Event, Queue, QueueStats,
+    Unhealthy,
 };
 use sluice_proto::broker;
 
@@ -270,7 +271,7 @@ fn publish_error(e: impl std::fmt::Display) -> AppendError {
 }
 
 impl Queue for NatsQueue {
-    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<Committed, AppendError>> {
         Box::pin(async move {
             if self.closed.load(Ordering::Acquire) {
                 return Err(AppendError::ShuttingDown);
@@ -279,7 +280,7 @@ impl Queue for NatsQueue {
             // buffers publishes, and the producer must hear 503 in bounded time.
             match tokio::time::timeout(self.opts.publish_timeout.0, self.publish_all(&batch)).await
             {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => Ok(Committed::default()),
                 Ok(Err(AppendError::Full {
                     reason,
                     retry_after,

@@ -57,7 +57,10 @@ struct Redelivering(MemoryQueue);
 struct RedeliveringConsumer(Box<dyn Consumer>);
 
 impl Queue for Redelivering {
-    fn append(&self, b: Batch) -> BoxFuture<'_, Result<(), sluice_core::AppendError>> {
+    fn append(
+        &self,
+        b: Batch,
+    ) -> BoxFuture<'_, Result<sluice_core::Committed, sluice_core::AppendError>> {
         self.0.append(b)
     }
     fn consumer(&self, name: &str) -> Result<Box<dyn Consumer>, ConsumeError> {

@@ -23,6 +23,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use sluice_core::{validate_stream_name, Event};
+use sluice_telemetry::{KeyValue, RequestSpan};
 
 use crate::error::ApiError;
 use crate::front::budget::{Charge, EVENT_MEMORY_BYTES};
@@ -53,9 +54,17 @@ pub async fn handle(
     // its bytes: nothing is copied unless the request is refused).
     let uri = req.uri().clone();
     let mut who = None;
-    let response = match ingest(&state, req, &mut body_read, &mut who).await {
+    let span = RequestSpan::start("POST /v1/streams/{stream}/events", req.headers(), || {
+        vec![
+            KeyValue::new("http.request.method", req.method().as_str().to_string()),
+            KeyValue::new("http.route", "/v1/streams/{stream}/events"),
+        ]
+    });
+    let mut refusal = None;
+    let response = match ingest(&state, req, &mut body_read, &mut who, span.as_ref()).await {
         Ok(r) => r,
         Err(e) => {
+            refusal = Some(e.code);
             state.metrics.reject(e.code);
             let key = who
                 .as_ref()
@@ -82,6 +91,23 @@ pub async fn handle(
         .request_seconds
         .get_or_create(&[("class", class)])
         .observe(started.elapsed().as_secs_f64());
+    if let Some(span) = span {
+        let status = response.status().as_u16();
+        if let Some(p) = &who {
+            span.set(KeyValue::new(
+                "sluice.key",
+                crate::auth::key_name(p).to_string(),
+            ));
+        }
+        span.end(
+            vec![KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            )],
+            refusal,
+            status >= 500,
+        );
+    }
     Ok(response)
 }
 
@@ -90,6 +116,7 @@ async fn ingest(
     req: Request<Incoming>,
     body_read: &mut bool,
     who: &mut Option<crate::auth::Principal>,
+    trace: Option<&RequestSpan>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let stream = route(req.uri().path())?;
     if req.method() != Method::POST {
@@ -176,12 +203,17 @@ async fn ingest(
         })
         .collect();
     let n = events.len();
+    if let Some(t) = trace {
+        t.set(KeyValue::new("sluice.stream", stream.to_string()));
+        t.set(KeyValue::new("sluice.events", n as i64));
+        t.set(KeyValue::new("sluice.bytes", bytes as i64));
+    }
     let ids: Vec<String> = if want_ids {
         events.iter().map(|e| e.id.to_string()).collect()
     } else {
         Vec::new()
     };
-    state.append(events, bytes, &principal).await?;
+    state.append(events, bytes, &principal, trace).await?;
     let body = if want_ids {
         serde_json::to_vec(&serde_json::json!({ "accepted": n, "ids": ids }))
             .expect("serialising ids cannot fail")

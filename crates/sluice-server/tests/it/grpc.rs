@@ -243,7 +243,7 @@ struct GatedQueue {
 }
 
 impl Queue for GatedQueue {
-    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<(), AppendError>> {
+    fn append(&self, batch: Batch) -> BoxFuture<'_, Result<sluice_core::Committed, AppendError>> {
         Box::pin(async move {
             self.appends_started.fetch_add(1, Ordering::SeqCst);
             let mut open = self.open.clone();

@@ -67,7 +67,7 @@ fn concurrent_appenders_share_fsyncs_and_all_get_callbacks() {
         let acked = acked.clone();
         wal.append(
             format!("cb:{i}").into_bytes(),
-            Box::new(move |r| acked.lock().unwrap().push(r.unwrap())),
+            Box::new(move |r| acked.lock().unwrap().push(r.unwrap().position)),
         )
         .unwrap();
     }
@@ -98,12 +98,16 @@ fn callbacks_see_their_record_durable() {
     wal.append(
         b"hello".to_vec(),
         Box::new(move |r| {
-            let pos = r.unwrap();
-            let seen = w.reader(pos).read(1, usize::MAX).unwrap();
-            tx.send(seen).unwrap();
+            let a = r.unwrap();
+            let seen = w.reader(a.position).read(1, usize::MAX).unwrap();
+            tx.send((seen, a)).unwrap();
         }),
     )
     .unwrap();
-    let seen = rx.recv().unwrap();
+    let (seen, a) = rx.recv().unwrap();
     assert_eq!(seen[0].data, &b"hello"[..]);
+    // The group commit it was part of, as traces report it: one record, synced.
+    assert_eq!(a.group_records, 1);
+    assert!(a.group_bytes > 5, "{a:?}");
+    assert!(a.sync.is_some(), "the default sync mode fsyncs: {a:?}");
 }

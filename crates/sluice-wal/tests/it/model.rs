@@ -103,8 +103,8 @@ impl Model {
         let seq = self.next_seq;
         self.next_seq += 1;
         let tx = self.tx.clone();
-        let done = Box::new(move |r: Result<u64, AppendError>| {
-            let _ = tx.send((seq, r.map_err(|e| e.to_string())));
+        let done = Box::new(move |r: Result<sluice_wal::Appended, AppendError>| {
+            let _ = tx.send((seq, r.map(|a| a.position).map_err(|e| e.to_string())));
         });
         match self.wal.append(gen(seq, len), done) {
             Ok(()) => self.outstanding += 1,

@@ -686,7 +686,7 @@ async fn a_stopped_broker_fails_appends_in_bounded_time_and_a_restarted_one_take
     loop {
         attempts += 1;
         match q.append(Batch::new(events("down", 5, "after"))).await {
-            Ok(()) => break,
+            Ok(_) => break,
             Err(e) => {
                 assert!(
                     Instant::now() < deadline,

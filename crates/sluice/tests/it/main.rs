@@ -15,4 +15,5 @@ mod nats;
 mod procs;
 #[path = "../../../sluice-server/tests/it/support.rs"]
 mod support;
+mod telemetry;
 mod top;

@@ -250,6 +250,13 @@ impl HttpSink {
             .body(Full::new(body))
             .expect("the URI was validated");
         *req.headers_mut() = HeaderMap::clone(&self.headers);
+        // The delivery attempt's trace context, when it is traced (W3C Trace Context).
+        if let Some(tp) = sluice_telemetry::current_traceparent() {
+            if let Ok(v) = HeaderValue::from_str(&tp) {
+                req.headers_mut()
+                    .insert(HeaderName::from_static(sluice_telemetry::TRACEPARENT), v);
+            }
+        }
 
         let deadline = tokio::time::Instant::now() + self.timeout;
         let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {

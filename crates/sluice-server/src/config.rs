@@ -453,10 +453,19 @@ impl Config {
             });
         }
         let events = h.max_events_per_request as u64;
-        // A traced request's events also carry its `traceparent` (at most 1 MiB).
-        let traced = events
-            .saturating_mul(sluice_telemetry::STAMP_BYTES_PER_EVENT)
-            .min(sluice_telemetry::STAMP_MAX_BYTES);
+        // With tracing on, a traced request's events also carry its `traceparent`
+        // (at most 1 MiB of them).
+        let tracing = matches!(
+            self.telemetry.resolve(|k| std::env::var(k).ok()),
+            Ok(Some(_))
+        );
+        let traced = if tracing {
+            events
+                .saturating_mul(sluice_telemetry::STAMP_BYTES_PER_EVENT)
+                .min(sluice_telemetry::STAMP_MAX_BYTES)
+        } else {
+            0
+        };
         let record = record_bound(h.max_body_bytes.0, events).saturating_add(traced);
         let max_record = match &self.queue {
             QueueConfig::Wal(wal) => wal.max_record_bytes(),
@@ -470,10 +479,11 @@ impl Config {
                 message: format!(
                     "is too large for the WAL record size: http.max_body_bytes ({}) + \
                      http.max_events_per_request ({events}) x {} bytes of record framing \
-                     per event (+ up to 1 MiB of trace context) = {} must be at most queue.segment_bytes / 2 ({}); lower \
+                     per event (+ {} of trace context when tracing is on) = {} must be at most queue.segment_bytes / 2 ({}); lower \
                      either limit or raise queue.segment_bytes",
                     h.max_body_bytes,
                     RECORD_BYTES_PER_EVENT + RECORD_BYTES_PER_HEADER,
+                    ByteSize(traced),
                     ByteSize(record),
                     ByteSize(max_record),
                 ),

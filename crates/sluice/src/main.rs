@@ -13,8 +13,14 @@ use sluice_server::{Config, Node, NodeOptions, Role};
 /// mimalloc instead of glibc malloc: the ingest path allocates and frees many small
 /// buffers per request from several threads, where glibc's arenas spent ~10% of a
 /// profiled NDJSON run in malloc/free/consolidation.
+#[cfg(not(feature = "jemalloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// With `--features jemalloc`: jemalloc, sampling the heap for /debug/pprof/heap.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Durable event ingestion: HTTP in, write-ahead log, worker pool, sinks out.
 #[derive(Parser)]

@@ -313,3 +313,21 @@ upstream_api_key = "s3cret-5"
         plain.to_toml()
     );
 }
+
+/// With tracing on, a request's record may also carry its trace context (74 bytes
+/// per event, at most 1 MiB): limits that leave no room for it are refused at
+/// startup, not found out by a 413 under load. Without tracing nothing changes.
+#[test]
+fn tracing_needs_room_for_trace_context_in_a_wal_record() {
+    let tight = "[http]\nmax_body_bytes = \"64 KiB\"\nmax_events_per_request = 300\n\
+                 [queue]\nsegment_bytes = \"256 KiB\"\nmax_bytes = \"1 MiB\"\n";
+    load(tight, &[], &[]).expect("no tracing: fits");
+    let traced = format!("{tight}[telemetry]\nendpoint = \"http://127.0.0.1:4318\"\n");
+    let err = load(&traced, &[], &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("http.max_events_per_request") && err.contains("trace context"),
+        "{err}"
+    );
+    let bad = load("[telemetry]\nsample_ratio = 2.0\n", &[], &[]).unwrap_err();
+    assert!(bad.to_string().contains("telemetry.sample_ratio"), "{bad}");
+}

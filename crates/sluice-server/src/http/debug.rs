@@ -2,6 +2,9 @@
 //! know. `GET /debug/pprof/profile?seconds=N` samples the whole process's CPU for N
 //! seconds (default 30, at most 300) at 99 Hz and answers a gzipped pprof protobuf
 //! (`go tool pprof`, `pprof -http`), or with `&format=svg` a flame graph.
+//! `GET /debug/pprof/heap[?format=svg]` answers the live heap by allocation site
+//! (`inuse_space`, sampled by jemalloc about every 512 KiB allocated) when the binary
+//! was built with `--features jemalloc`, else 501.
 //!
 //! Who may ask: with `admin_token` set, only a request carrying
 //! `Authorization: Bearer <token>`; without it, only when the admin listener is bound
@@ -85,10 +88,11 @@ pub async fn handle(
     }
     match path {
         "/debug/pprof/profile" => profile(query).await.unwrap_or_else(ApiError::into_response),
+        "/debug/pprof/heap" => heap::heap(query).await.unwrap_or_else(ApiError::into_response),
         _ => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            "debug endpoints: /debug/pprof/profile?seconds=N[&format=svg]",
+            "debug endpoints: /debug/pprof/profile?seconds=N[&format=svg], /debug/pprof/heap[?format=svg]",
         )
         .into_response(),
     }
@@ -101,8 +105,43 @@ enum Format {
     Svg,
 }
 
+/// The `format` parameter of a query.
+fn format_of(query: Option<&str>) -> Result<Format, ApiError> {
+    let mut format = Format::Pprof;
+    for (k, v) in query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+    {
+        match (k, v) {
+            ("format", "svg") => format = Format::Svg,
+            ("format", "pprof" | "proto") => format = Format::Pprof,
+            ("format", v) => return Err(bad(format!("format must be pprof or svg, not {v:?}"))),
+            _ => {}
+        }
+    }
+    Ok(format)
+}
+
+/// A profile as an answer: a pprof file to download, or an SVG to look at.
+fn answer(body: Vec<u8>, format: Format, file: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let content_type = match format {
+        Format::Svg => "image/svg+xml",
+        Format::Pprof => "application/octet-stream",
+    };
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if format == Format::Pprof {
+        r.headers_mut()
+            .insert(header::CONTENT_DISPOSITION, HeaderValue::from_static(file));
+    }
+    r
+}
+
 async fn profile(query: Option<&str>) -> Result<Response<Full<Bytes>>, ApiError> {
-    let (mut seconds, mut format) = (30, Format::Pprof);
+    let mut seconds = 30;
+    let format = format_of(query)?;
     for (k, v) in query
         .unwrap_or("")
         .split('&')
@@ -116,9 +155,6 @@ async fn profile(query: Option<&str>) -> Result<Response<Full<Bytes>>, ApiError>
                     .filter(|s| (1..=MAX_SECONDS).contains(s))
                     .ok_or_else(|| bad(format!("seconds must be 1 to {MAX_SECONDS}, not {v:?}")))?
             }
-            ("format", "svg") => format = Format::Svg,
-            ("format", "pprof" | "proto") => format = Format::Pprof,
-            ("format", v) => return Err(bad(format!("format must be pprof or svg, not {v:?}"))),
             _ => {}
         }
     }
@@ -137,28 +173,23 @@ async fn profile(query: Option<&str>) -> Result<Response<Full<Bytes>>, ApiError>
         r
     })
     .await;
-    let (body, content_type) = match done {
-        Ok(Ok(r)) => r,
+    let body = match done {
+        Ok(Ok(body)) => body,
         Ok(Err(e)) => return Err(failed(e)),
         Err(e) => {
             PROFILING.store(false, Ordering::Release);
             return Err(failed(e.to_string()));
         }
     };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if format == Format::Pprof {
-        r.headers_mut().insert(
-            header::CONTENT_DISPOSITION,
-            HeaderValue::from_static("attachment; filename=\"profile.pb.gz\""),
-        );
-    }
-    Ok(r)
+    Ok(answer(
+        body,
+        format,
+        "attachment; filename=\"profile.pb.gz\"",
+    ))
 }
 
 /// Samples for `length`, then encodes the report.
-fn record(length: Duration, format: Format) -> Result<(Vec<u8>, &'static str), String> {
+fn record(length: Duration, format: Format) -> Result<Vec<u8>, String> {
     let guard = pprof::ProfilerGuardBuilder::default()
         .frequency(FREQUENCY)
         .blocklist(&["libc", "libgcc", "pthread", "vdso"])
@@ -176,7 +207,7 @@ fn record(length: Duration, format: Format) -> Result<(Vec<u8>, &'static str), S
             report
                 .flamegraph(&mut svg)
                 .map_err(|e| format!("drawing the flame graph: {e}"))?;
-            Ok((svg, "image/svg+xml"))
+            Ok(svg)
         }
         Format::Pprof => {
             use pprof::protos::Message;
@@ -186,7 +217,6 @@ fn record(length: Duration, format: Format) -> Result<(Vec<u8>, &'static str), S
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             gz.write_all(&profile.encode_to_vec())
                 .and_then(|()| gz.finish())
-                .map(|body| (body, "application/octet-stream"))
                 .map_err(|e| format!("compressing the profile: {e}"))
         }
     }
@@ -198,4 +228,126 @@ fn bad(message: String) -> ApiError {
 
 fn failed(message: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "profile_failed", message)
+}
+
+/// `/debug/pprof/heap`.
+mod heap {
+    use super::*;
+
+    /// 501 unless this binary's allocator is jemalloc with its profiler on.
+    #[cfg(not(feature = "heap-profile"))]
+    pub async fn heap(query: Option<&str>) -> Result<Response<Full<Bytes>>, ApiError> {
+        format_of(query)?;
+        Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "heap_profile_unavailable",
+            "this sluice was built without heap profiling: build it with --features jemalloc",
+        ))
+    }
+
+    #[cfg(feature = "heap-profile")]
+    pub async fn heap(query: Option<&str>) -> Result<Response<Full<Bytes>>, ApiError> {
+        let format = format_of(query)?;
+        let Some(ctl) = jemalloc_pprof::PROF_CTL.as_ref() else {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "heap_profile_unavailable",
+                "jemalloc's profiler is off in this process (its malloc conf lacks prof:true)",
+            ));
+        };
+        // Linked in is not the same as allocating: a build whose global allocator is
+        // another one has an empty jemalloc heap.
+        let allocated = tikv_jemalloc_ctl::epoch::advance()
+            .and_then(|_| tikv_jemalloc_ctl::stats::allocated::read())
+            .unwrap_or(0);
+        if allocated < 1 << 20 {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "heap_profile_unavailable",
+                "jemalloc is not this process's allocator: build sluice with --features jemalloc",
+            ));
+        }
+        let mut ctl = ctl.clone().lock_owned().await;
+        if !ctl.activated() {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "heap_profile_unavailable",
+                "jemalloc's profiler is not active (prof_active:false)",
+            ));
+        }
+        // Writing the dump and symbolizing it is blocking work.
+        let body = tokio::task::spawn_blocking(move || {
+            let pprof = ctl.dump_pprof().map_err(|e| e.to_string())?;
+            match format {
+                Format::Pprof => Ok(pprof),
+                Format::Svg => flame_graph(&pprof),
+            }
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(failed)?;
+        Ok(answer(body, format, "attachment; filename=\"heap.pb.gz\""))
+    }
+
+    /// A flame graph of a gzipped pprof profile's last sample value (bytes in use).
+    #[cfg(feature = "heap-profile")]
+    fn flame_graph(gzipped: &[u8]) -> Result<Vec<u8>, String> {
+        use pprof::protos::Message as _;
+        use std::collections::HashMap;
+        use std::io::Read as _;
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(gzipped)
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("reading the heap profile: {e}"))?;
+        let p = pprof::protos::Profile::decode(raw.as_slice())
+            .map_err(|e| format!("decoding the heap profile: {e}"))?;
+        let text = |i: i64| p.string_table.get(i as usize).map_or("?", String::as_str);
+        let functions: HashMap<u64, &str> =
+            p.function.iter().map(|f| (f.id, text(f.name))).collect();
+        let locations: HashMap<u64, Vec<&str>> = p
+            .location
+            .iter()
+            .map(|l| {
+                // Inlined frames come innermost first.
+                let names = l
+                    .line
+                    .iter()
+                    .rev()
+                    .map(|line| functions.get(&line.function_id).copied().unwrap_or("?"))
+                    .collect();
+                (l.id, names)
+            })
+            .collect();
+        let mut folded: HashMap<String, i64> = HashMap::new();
+        for s in &p.sample {
+            let Some(&bytes) = s.value.last() else {
+                continue;
+            };
+            // Samples list the leaf first; a flame graph reads from the root.
+            let stack: Vec<&str> = s
+                .location_id
+                .iter()
+                .rev()
+                .flat_map(|id| locations.get(id).into_iter().flatten().copied())
+                .collect();
+            let stack = if stack.is_empty() {
+                "?".to_string()
+            } else {
+                stack.join(";")
+            };
+            *folded.entry(stack).or_default() += bytes;
+        }
+        let lines: Vec<String> = folded
+            .into_iter()
+            .filter(|(_, b)| *b > 0)
+            .map(|(stack, b)| format!("{stack} {b}"))
+            .collect();
+        let mut opts = pprof::flamegraph::Options::default();
+        opts.title = "heap in use".into();
+        opts.count_name = "bytes".into();
+        let mut svg = Vec::new();
+        pprof::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut svg)
+            .map_err(|e| format!("drawing the flame graph: {e}"))?;
+        Ok(svg)
+    }
 }

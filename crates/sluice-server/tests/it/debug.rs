@@ -1,5 +1,6 @@
-//! `/debug/pprof/profile` on the admin listener: a real CPU profile of a node under
-//! load, as a pprof file and as a flame graph, and who may ask for one.
+//! `/debug/pprof/profile` and `/debug/pprof/heap` on the admin listener: a real CPU
+//! profile of a node under load and a real heap profile of a known workload, as
+//! pprof files and as flame graphs, and who may ask for one.
 
 use std::io::Read;
 use std::time::Duration;
@@ -145,4 +146,62 @@ async fn metrics_show_the_runtime_workers_tasks_and_busy_time() {
         busy(&during)
     );
     assert!(during.contains("sluice_runtime_worker_parks_total{worker=\"1\"}"));
+}
+
+/// A known workload: 64 MiB in 1 MiB buffers, held while the heap is profiled.
+#[inline(never)]
+fn hold_sixty_four_mebibytes() -> Vec<Vec<u8>> {
+    (0..64)
+        .map(|i| std::hint::black_box(vec![i as u8; 1 << 20]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heap_profile_names_the_allocation_sites_of_a_known_workload() {
+    let node = sluice_server::test_util::start_fast(&[]).await;
+    let held = hold_sixty_four_mebibytes();
+    let http = Http::h1();
+    let url = format!("{}/debug/pprof/heap", node.admin);
+    let a = http.get(&url).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&a.body[..])
+        .read_to_end(&mut raw)
+        .expect("gzipped");
+    let p = pprof::protos::Profile::decode(&raw[..]).expect("a pprof protobuf");
+    let text = |i: i64| p.string_table[i as usize].as_str();
+    assert_eq!(text(p.sample_type[0].ty), "inuse_space");
+    let site: Vec<u64> = p
+        .function
+        .iter()
+        .filter(|f| text(f.name).contains("hold_sixty_four_mebibytes"))
+        .map(|f| f.id)
+        .collect();
+    assert!(!site.is_empty(), "the allocation site is named");
+    let at_site: Vec<u64> = p
+        .location
+        .iter()
+        .filter(|l| l.line.iter().any(|line| site.contains(&line.function_id)))
+        .map(|l| l.id)
+        .collect();
+    let bytes: i64 = p
+        .sample
+        .iter()
+        .filter(|s| s.location_id.iter().any(|id| at_site.contains(id)))
+        .map(|s| *s.value.last().unwrap())
+        .sum();
+    // Sampled every ~512 KiB and scaled back up: an estimate of the 64 MiB held.
+    assert!(
+        (32 << 20..=128 << 20).contains(&bytes),
+        "{} MiB attributed to the known site",
+        bytes >> 20
+    );
+    let svg = http.get(&format!("{url}?format=svg")).await;
+    assert_eq!(svg.status, StatusCode::OK);
+    assert_eq!(svg.headers["content-type"], "image/svg+xml");
+    let page = String::from_utf8_lossy(&svg.body);
+    assert!(page.contains("<svg") && page.contains("hold_sixty_four_mebibytes"));
+    let bad = http.get(&format!("{url}?format=png")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    drop(held);
 }

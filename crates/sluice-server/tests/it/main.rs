@@ -1,6 +1,11 @@
 //! Integration tests of sluice's front doors with in-process nodes: real listeners on
 //! 127.0.0.1, real files in temp dirs, real HTTP, gRPC and TLS clients.
 
+/// jemalloc with its heap profiler sampling (.cargo/config.toml), as a `--features
+/// jemalloc` binary runs: what `/debug/pprof/heap` reads.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod auth;
 mod backpressure;
 mod debug;

@@ -97,7 +97,7 @@ pub async fn handle(
         _ => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin endpoints: /healthz, /readyz, /metrics, /ui, /debug/pprof/profile",
+            "admin endpoints: /healthz, /readyz, /metrics, /ui, /debug/pprof/profile, /debug/pprof/heap",
         )
         .into_response(),
     };

@@ -103,6 +103,13 @@ class Cluster:
                         return st["cluster"]["leader"]
         raise RuntimeError("no leader found for the SLUICE stream")
 
+    def leader_or_none(self):
+        """The stream's leader for the record; None (not a failure) while there is none."""
+        try:
+            return self.stream_leader()
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired):
+            return None
+
     def resolve(self, service):
         """`nats:leader` / `nats:follower`: the stream's leader or a follower, now."""
         if service not in ("nats:leader", "nats:follower"):
@@ -133,14 +140,17 @@ class Cluster:
                 return pid, parts[1].split("@")[0]
         raise RuntimeError(f"no interface with {ip} in {service}")
 
-    def slow(self, service, net, rate):
-        """A slow, lossy link: the service's egress on `net` through a token bucket
-        (tc tbf: `rate`, 16 KiB burst, packets waiting more than 250 ms dropped),
-        set from the host in the container's network namespace (this kernel has no
-        netem; tbf works)."""
+    def slow(self, service, net, rate, limit=None):
+        """A slow link: the service's egress on `net` through a token bucket (tc tbf:
+        `rate`, 16 KiB burst, packets waiting more than 250 ms dropped; with `limit`,
+        a queue of that many bytes and a 4 KiB burst instead, so that TCP's bursts
+        overflow it: a lossy link), set from the host in the container's network
+        namespace (this kernel has no netem; tbf works)."""
         pid, dev = self.interface(service, net)
+        shape = ["burst", "16kb", "latency", "250ms"] if limit is None else \
+            ["burst", "4kb", "limit", limit]
         self.sh("nsenter", "-t", pid, "-n", "tc", "qdisc", "replace", "dev", dev, "root",
-                "tbf", "rate", rate, "burst", "16kb", "latency", "250ms")
+                "tbf", "rate", rate, *shape)
         return dev
 
     def fast(self, service, net):
@@ -419,9 +429,11 @@ SCENARIOS = {
     "slow-ingest-nats": ("ingest1's link to NATS at 200 kbit/s with drops (tc tbf), then "
                          "restored", 24,
                          [(4, "slow", "ingest1:cluster:200kbit"), (14, "fast", "ingest1:cluster")]),
-    "crawl-ingest-nats": ("ingest1's link to NATS at 32 kbit/s (tc tbf: its queue overflows, "
-                          "packets dropped), then restored", 24,
+    "crawl-ingest-nats": ("ingest1's link to NATS at 32 kbit/s (tc tbf), then restored", 24,
                           [(4, "slow", "ingest1:cluster:32kbit"), (14, "fast", "ingest1:cluster")]),
+    "lossy-ingest-nats": ("ingest1's link to NATS at 200 kbit/s with a 3,000-byte queue "
+                          "(tc tbf: TCP's bursts overflow it, packets dropped), then restored", 24,
+                          [(4, "slow", "ingest1:cluster:200kbit:3000"), (14, "fast", "ingest1:cluster")]),
     # nats3 led the consumer in both runs of 2026-12-02 19:44 and 19:51: delivery
     # stopped at the fill and neither freeing the disk nor a step-down (stream: done;
     # consumer: no answer) brought it back (bench/CHAOS.md); -restart adds the remedy
@@ -435,7 +447,7 @@ SCENARIOS = {
                                "consumer's leadership stepped down, then nats3 restarted", 40,
                                [(4, "fill", "nats3"), (14, "free", "nats3"),
                                 (20, "stepdown", "consumer"), (26, "restart", "nats3")],
-                       {"alone": "docker/chaos-nats-disk.yaml"}),
+                               {"alone": "docker/chaos-nats-disk.yaml"}),
 }
 
 # Scenarios whose faults touch NATS: the stream's leader before and after, and the
@@ -458,7 +470,7 @@ def run_scenario(args, cluster, name):
     for s in ("gateway", "ingest1", "ingest2", "process1", "process2", "nats1", "nats2",
               "nats3", *opts.get("wait", [])):
         cluster.wait_healthy(s, 120)
-    leader_before = cluster.stream_leader() if name in NATS_SCENARIOS else None
+    leader_before = cluster.leader_or_none() if name in NATS_SCENARIOS else None
     wall0 = time.time()
     producer = Producer(url, args.ca, args.rate, args.batch, args.threads, duration)
     load, load_json = start_load(args, duration, cluster.project, f"load-{producer.run}", url)
@@ -509,8 +521,8 @@ def run_scenario(args, cluster, name):
         elif action == "free":
             cluster.free(service)
         elif action == "slow":
-            service, net, rate = service.split(":")
-            notes[f"slow {service}"] = f"{cluster.slow(service, net, rate)} tbf rate {rate}"
+            service, net, rate, *limit = service.split(":")
+            notes[f"slow {service}"] = f"{cluster.slow(service, net, rate, *limit)} tbf rate {rate} {limit}"
         elif action == "stepdown":
             notes[f"stepdown {service}"] = cluster.stepdown(service)
         elif action == "fast":
@@ -548,7 +560,7 @@ def run_scenario(args, cluster, name):
     result = check(cluster, producer, args.drain, load_acked)
     if name in NATS_SCENARIOS:
         result["leader_before"] = leader_before
-        result["leader_after"] = cluster.stream_leader()
+        result["leader_after"] = cluster.leader_or_none()
         wanted = ("leader", "JetStream", "ERR", "WRN", "space", "storage", "resources")
         result["nats_log"] = {n: [l for l in cluster.logs(n, wall0) if any(w in l for w in wanted)][:40]
                               for n in ("nats1", "nats2", "nats3")}
@@ -736,7 +748,11 @@ def c10k(args, cluster):
            "--warmup", f"{args.warmup}s", "--stream", stream, "--timeout", "30s", "--quiet",
            "--json", f"/out/{stream}.json"]
     log(" ".join(cmd))
-    cid = cluster.sh(*cmd)
+    try:
+        cid = cluster.sh(*cmd)
+    except RuntimeError:
+        cluster.sh("docker", "rm", "-f", "-v", name, check=False)  # created, not started
+        raise
     services = ["gateway", "ingest1", "ingest2", "nats1", "nats2", "nats3",
                 *cluster.processors()]
     load_rss = 0
@@ -757,7 +773,7 @@ def c10k(args, cluster):
             time.sleep(1)
     finished = cluster.sh("docker", "inspect", "-f", "{{.State.FinishedAt}} {{.State.ExitCode}}", cid)
     logs = cluster.sh("docker", "logs", "--tail", "20", cid, check=False)
-    cluster.sh("docker", "rm", "-f", cid, check=False)
+    cluster.sh("docker", "rm", "-f", "-v", cid, check=False)  # -v: the image's /data volume
     path = os.path.join(outdir, f"{stream}.json")
     if not os.path.exists(path):
         raise SystemExit(f"c10k: no report ({finished}): {logs}")

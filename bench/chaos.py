@@ -88,25 +88,33 @@ class Cluster:
                 return n
         raise RuntimeError(f"no network {name} in {nets}")
 
-    def stream_leader(self):
-        """The NATS node leading the SLUICE stream (JetStream's /jsz, asked inside)."""
+    def stream_leader(self, consumer=False):
+        """The NATS node leading the SLUICE stream, or with `consumer` its `processor`
+        consumer (JetStream's /jsz, asked inside)."""
         for node in ("nats1", "nats2", "nats3"):
             out = self.sh("docker", "exec", self.cid(node), "bash", "-c",
-                          "exec 3<>/dev/tcp/127.0.0.1/8222 && printf 'GET /jsz?streams=true "
+                          "exec 3<>/dev/tcp/127.0.0.1/8222 && printf 'GET /jsz?streams=true&consumers=true "
                           "HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3", check=False)
             if "{" not in out:
                 continue
             jsz = json.loads(out[out.index("{"):])
             for account in jsz.get("account_details") or []:
                 for st in account.get("stream_detail") or []:
-                    if st["name"] == "SLUICE" and (st.get("cluster") or {}).get("leader"):
+                    if st["name"] != "SLUICE":
+                        continue
+                    if consumer:
+                        for c in st.get("consumer_detail") or []:
+                            if c["name"] == "processor" and (c.get("cluster") or {}).get("leader"):
+                                return c["cluster"]["leader"]
+                    elif (st.get("cluster") or {}).get("leader"):
                         return st["cluster"]["leader"]
         raise RuntimeError("no leader found for the SLUICE stream")
 
-    def leader_or_none(self):
-        """The stream's leader for the record; None (not a failure) while there is none."""
+    def leader_or_none(self, consumer=False):
+        """The stream's (consumer's) leader for the record; None, not a failure, while
+        there is none."""
         try:
-            return self.stream_leader()
+            return self.stream_leader(consumer)
         except (RuntimeError, ValueError, subprocess.TimeoutExpired):
             return None
 
@@ -471,6 +479,7 @@ def run_scenario(args, cluster, name):
               "nats3", *opts.get("wait", [])):
         cluster.wait_healthy(s, 120)
     leader_before = cluster.leader_or_none() if name in NATS_SCENARIOS else None
+    consumer_leader_before = cluster.leader_or_none(True) if name in NATS_SCENARIOS else None
     wall0 = time.time()
     producer = Producer(url, args.ca, args.rate, args.batch, args.threads, duration)
     load, load_json = start_load(args, duration, cluster.project, f"load-{producer.run}", url)
@@ -561,6 +570,8 @@ def run_scenario(args, cluster, name):
     if name in NATS_SCENARIOS:
         result["leader_before"] = leader_before
         result["leader_after"] = cluster.leader_or_none()
+        result["consumer_leader_before"] = consumer_leader_before
+        result["consumer_leader_after"] = cluster.leader_or_none(True)
         wanted = ("leader", "JetStream", "ERR", "WRN", "space", "storage", "resources")
         result["nats_log"] = {n: [l for l in cluster.logs(n, wall0) if any(w in l for w in wanted)][:40]
                               for n in ("nats1", "nats2", "nats3")}

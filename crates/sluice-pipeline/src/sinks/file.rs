@@ -10,9 +10,12 @@
 //! normal path component (no `..`, no `/`, not absolute, not empty or `.`), checked
 //! here again whatever the queue says; an event with any other stream is refused alone
 //! ([`SinkError::Rejected`], to the dead-letter sink). A delivery's lines are written
-//! and fdatasync'ed before `deliver` returns; files only ever end in a complete line once synced. A crash can leave a
-//! partial last line (never synced, hence never committed): reopening the stream
-//! truncates it, and the queue redelivers those events.
+//! and fdatasync'ed before `deliver` returns; files only ever end in a complete line
+//! once synced. A crash, or a write that failed half way (ENOSPC: the kernel wrote
+//! what fitted), can leave a partial last line (never synced, hence never committed):
+//! reopening the stream truncates it, and the queue redelivers those events. The
+//! warning says which of the two it was: a failed write of this process, or an
+//! earlier run's.
 //!
 //! Once synced, a delivery's pages are clean and sluice never reads them again, so
 //! the sink tells the kernel to drop them (`POSIX_FADV_DONTNEED`), as PostgreSQL
@@ -69,6 +72,9 @@ struct Slot {
     file: Option<StreamFile>,
     /// Bytes written to the stream since the sink started (over every file).
     logical: u64,
+    /// The file was dropped after a failed write or fdatasync: the next open may
+    /// find that write's partial line (not a crash's).
+    after_failure: bool,
 }
 
 struct StreamFile {
@@ -223,7 +229,12 @@ impl Inner {
         let (file, offset, end) = {
             let mut slot = s.slot.lock().expect("file sink stream lock poisoned");
             if slot.file.is_none() {
-                slot.file = Some(StreamFile::open(&dir).map_err(|e| retry("opening", e))?);
+                let opening = match slot.after_failure {
+                    true => Opening::AfterFailure,
+                    false => Opening::First,
+                };
+                slot.file = Some(StreamFile::open(&dir, opening).map_err(|e| retry("opening", e))?);
+                slot.after_failure = false;
             }
             let f = slot.file.as_mut().expect("opened above");
             let written = (&*f.file).write_all(buf);
@@ -319,14 +330,25 @@ impl Stream {
     /// counts as failed (reopening truncates a partial line, the queue redelivers).
     fn reset(&self, slot: &mut Slot) {
         slot.file = None;
+        slot.after_failure = true;
         self.failed.fetch_max(slot.logical, Ordering::AcqRel);
     }
 }
 
+/// Why a stream's file is (re)opened, hence where a partial last line in it came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Opening {
+    /// The stream's first write since the sink started: an earlier run left it
+    /// (a crash, or a write that failed before that process stopped).
+    First,
+    /// After this sink's own write or fdatasync failed (ENOSPC, EIO): that write's.
+    AfterFailure,
+}
+
 impl StreamFile {
     /// Opens the newest file of the stream for appending (truncating a partial last
-    /// line left by a crash), or creates the first one.
-    fn open(dir: &Path) -> std::io::Result<StreamFile> {
+    /// line, see [`Opening`]), or creates the first one.
+    fn open(dir: &Path, opening: Opening) -> std::io::Result<StreamFile> {
         std::fs::create_dir_all(dir)?;
         let newest = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -344,11 +366,19 @@ impl StreamFile {
             .open(dir.join(file_name(index)))?;
         let size = complete_len(&mut file)?;
         if size != file.metadata()?.len() {
-            tracing::warn!(
-                dir = %dir.display(),
-                dropped_bytes = file.metadata()?.len() - size,
-                "file sink dropped a partial last line left by a crash"
-            );
+            let dropped_bytes = file.metadata()?.len() - size;
+            match opening {
+                Opening::First => tracing::warn!(
+                    dir = %dir.display(),
+                    dropped_bytes,
+                    "file sink dropped a partial last line left by an earlier run (a crash or a failed write)"
+                ),
+                Opening::AfterFailure => tracing::warn!(
+                    dir = %dir.display(),
+                    dropped_bytes,
+                    "file sink dropped the partial line of its own failed write; the queue redelivers those events"
+                ),
+            }
             file.set_len(size)?;
             file.sync_data()?;
         }
@@ -431,5 +461,100 @@ fn memrchr_newline(b: &[u8]) -> Option<usize> {
 impl std::fmt::Debug for StreamFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.dir.display(), file_name(self.index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Metadata, Subscriber};
+
+    use super::FileSink;
+
+    /// Collects the messages of the events logged while it is the default subscriber.
+    #[derive(Clone, Default)]
+    struct Messages(Arc<Mutex<Vec<String>>>);
+
+    impl Subscriber for Messages {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            struct Message(String);
+            impl Visit for Message {
+                fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            self.0.lock().unwrap().push(m.0);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// Regression: after ENOSPC the sink reopened the file, dropped its own failed
+    /// write's partial line and logged "left by a crash" although nothing crashed
+    /// (the chaos suite's disk-full scenario, bench/CHAOS.md).
+    #[test]
+    fn partial_line_of_a_failed_write_is_not_blamed_on_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(dir.path(), 1 << 20);
+        sink.inner.write("s", b"{\"n\":1}\n").unwrap();
+        // What a write cut short by ENOSPC leaves, as `Inner::write` handles it: the
+        // part that fitted on disk, the stream's handle dropped.
+        let stream = sink.inner.streams.lock().unwrap()["s"].clone();
+        {
+            let mut slot = stream.slot.lock().unwrap();
+            let file = slot.file.as_ref().unwrap().file.clone();
+            (&*file).write_all(b"{\"n\":").unwrap();
+            stream.reset(&mut slot);
+        }
+        let messages = Messages::default();
+        tracing::subscriber::with_default(messages.clone(), || {
+            sink.inner.write("s", b"{\"n\":2}\n").unwrap();
+        });
+        let path = sink.stream_dir("s").join("0000000001.ndjson");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"n\":1}\n{\"n\":2}\n");
+        let logged = messages.0.lock().unwrap().clone();
+        assert_eq!(
+            logged,
+            ["file sink dropped the partial line of its own failed write; the queue redelivers those events"]
+        );
+
+        // A partial line found by a new sink (a new process) is an earlier run's.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"n\"")
+            .unwrap();
+        let restarted = FileSink::new(dir.path(), 1 << 20);
+        let messages = Messages::default();
+        tracing::subscriber::with_default(messages.clone(), || {
+            restarted.inner.write("s", b"{\"n\":3}\n").unwrap();
+        });
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n"
+        );
+        let logged = messages.0.lock().unwrap().clone();
+        assert_eq!(
+            logged,
+            ["file sink dropped a partial last line left by an earlier run (a crash or a failed write)"]
+        );
     }
 }

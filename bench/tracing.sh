@@ -7,10 +7,11 @@
 #   off   BIN, no endpoint configured (tracing off: the default)
 #   all   BIN exporting every request's spans over OTLP/HTTP to bench/otlp_sink.py
 #   1pct  BIN with OTEL_TRACES_SAMPLER=parentbased_traceidratio, ARG=0.01
-# Usage: bench/tracing.sh [BIN] [SECONDS] [ROUNDS] [BASE_BIN]
+#   je    JE_BIN (BIN's code built with --features jemalloc), tracing off, if given
+# Usage: bench/tracing.sh [BIN] [SECONDS] [ROUNDS] [BASE_BIN] [JE_BIN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${1:-target/release/sluice} secs=${2:-15} rounds=${3:-2} base=${4:-}
+bin=${1:-target/release/sluice} secs=${2:-15} rounds=${3:-2} base=${4:-} je=${5:-}
 yard=../shared/bench/yardstick.sh
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 python3 bench/otlp_sink.py --port "$port" > /tmp/otlp_sink.$$.json &
@@ -18,6 +19,7 @@ sink=$!
 trap 'kill $sink 2>/dev/null || true' EXIT
 cases="off all 1pct"
 [ -n "$base" ] && cases="base $cases"
+[ -n "$je" ] && cases="$cases je"
 for r in $(seq "$rounds"); do
     # Alternate the order between rounds.
     [ $((r % 2)) -eq 0 ] && cases=$(echo "$cases" | tr ' ' '\n' | tac | tr '\n' ' ')
@@ -25,6 +27,7 @@ for r in $(seq "$rounds"); do
         case $c in
             base) line=$(env -u OTEL_EXPORTER_OTLP_ENDPOINT "$yard" "$base" "$secs" 1) ;;
             off) line=$(env -u OTEL_EXPORTER_OTLP_ENDPOINT "$yard" "$bin" "$secs" 1) ;;
+            je) line=$(env -u OTEL_EXPORTER_OTLP_ENDPOINT "$yard" "$je" "$secs" 1) ;;
             all) line=$(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$port \
                 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf "$yard" "$bin" "$secs" 1) ;;
             1pct) line=$(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$port \

@@ -28,24 +28,24 @@ pub const STAMP_BYTES_PER_EVENT: u64 = 74;
 /// the largest WAL record by at most this much (see `http.max_events_per_request`).
 pub const STAMP_MAX_BYTES: u64 = 1 << 20;
 
-/// The server span of one ingest request (HTTP) or call (gRPC).
+/// The server span of one sampled ingest request (HTTP) or call (gRPC).
 pub struct RequestSpan {
     cx: Context,
-    /// The value stamped on the request's events; `None` when not sampled.
-    traceparent: Option<String>,
+    /// The value stamped on the request's events.
+    traceparent: String,
 }
 
 impl RequestSpan {
     /// Starts the span, as a child of the producer's `traceparent` when `headers`
     /// carry a valid one (a malformed one is ignored: the span starts a new trace).
-    /// `None` when tracing is off, before `attributes` is called.
+    /// `None` when tracing is off, and when the sampler drops the trace: nothing of
+    /// an unsampled request would be exported, so nothing more is made for it.
     pub fn start(
         name: impl Into<Cow<'static, str>>,
         headers: &http::HeaderMap,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Option<RequestSpan> {
         let tracer = crate::tracer()?;
-        let attributes = attributes();
         let parent = match headers
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
@@ -54,14 +54,16 @@ impl RequestSpan {
             Some(sc) => Context::new().with_remote_span_context(sc),
             None => Context::new(),
         };
-        let span = tracer
+        let mut span = tracer
             .span_builder(name)
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
             .start_with_context(tracer, &parent);
+        if !span.span_context().is_sampled() {
+            return None;
+        }
+        span.set_attributes(attributes());
+        let traceparent = format_traceparent(span.span_context());
         let cx = parent.with_span(span);
-        let sc = cx.span().span_context().clone();
-        let traceparent = sc.is_sampled().then(|| format_traceparent(&sc));
         Some(RequestSpan { cx, traceparent })
     }
 
@@ -79,11 +81,9 @@ impl RequestSpan {
     /// so whoever delivers it can link back; at most [`STAMP_MAX_BYTES`] worth. An
     /// event that already carries a valid one keeps it: its context was set before
     /// this hop (by a `sluice gateway` in front, or per event by the producer), and
-    /// the delivery belongs in that trace. Does nothing for a request not sampled.
+    /// the delivery belongs in that trace.
     pub fn stamp(&self, events: &mut [Event]) {
-        let Some(tp) = &self.traceparent else {
-            return;
-        };
+        let tp = &self.traceparent;
         let most = (STAMP_MAX_BYTES / STAMP_BYTES_PER_EVENT) as usize;
         for e in events.iter_mut().take(most) {
             match e.headers.iter().position(|(k, _)| k == TRACEPARENT) {

@@ -10,17 +10,19 @@ use clap::{Args, Parser, Subcommand};
 use sluice_server::config::{ConfigError, LogFormat, Sources};
 use sluice_server::{Config, Node, NodeOptions, Role};
 
-/// mimalloc instead of glibc malloc: the ingest path allocates and frees many small
-/// buffers per request from several threads, where glibc's arenas spent ~10% of a
-/// profiled NDJSON run in malloc/free/consolidation.
-#[cfg(not(feature = "jemalloc"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// With `--features jemalloc`: jemalloc, sampling the heap for /debug/pprof/heap.
+/// jemalloc (the default `jemalloc` feature), sampling the heap for
+/// /debug/pprof/heap: measured against mimalloc, the same throughput and ~40 % less
+/// peak RSS (bench/RESULTS.md, 2026-12-02).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Without it, mimalloc rather than glibc malloc: the ingest path allocates and frees
+/// many small buffers per request from several threads, where glibc's arenas spent
+/// ~10% of a profiled NDJSON run in malloc/free/consolidation.
+#[cfg(not(feature = "jemalloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Durable event ingestion: HTTP in, write-ahead log, worker pool, sinks out.
 #[derive(Parser)]

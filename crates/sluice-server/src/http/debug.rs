@@ -4,7 +4,7 @@
 //! (`go tool pprof`, `pprof -http`), or with `&format=svg` a flame graph.
 //! `GET /debug/pprof/heap[?format=svg]` answers the live heap by allocation site
 //! (`inuse_space`, sampled by jemalloc about every 512 KiB allocated) when the binary
-//! was built with `--features jemalloc`, else 501.
+//! was built with the `jemalloc` feature (the default), else 501.
 //!
 //! Who may ask: with `admin_token` set, only a request carrying
 //! `Authorization: Bearer <token>`; without it, only when the admin listener is bound
@@ -147,15 +147,12 @@ async fn profile(query: Option<&str>) -> Result<Response<Full<Bytes>>, ApiError>
         .split('&')
         .filter_map(|p| p.split_once('='))
     {
-        match (k, v) {
-            ("seconds", v) => {
-                seconds = v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|s| (1..=MAX_SECONDS).contains(s))
-                    .ok_or_else(|| bad(format!("seconds must be 1 to {MAX_SECONDS}, not {v:?}")))?
-            }
-            _ => {}
+        if k == "seconds" {
+            seconds = v
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=MAX_SECONDS).contains(s))
+                .ok_or_else(|| bad(format!("seconds must be 1 to {MAX_SECONDS}, not {v:?}")))?;
         }
     }
     if PROFILING.swap(true, Ordering::AcqRel) {
@@ -241,7 +238,7 @@ mod heap {
         Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "heap_profile_unavailable",
-            "this sluice was built without heap profiling: build it with --features jemalloc",
+            "this sluice was built without heap profiling (the jemalloc feature, on by default)",
         ))
     }
 
@@ -264,7 +261,7 @@ mod heap {
             return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "heap_profile_unavailable",
-                "jemalloc is not this process's allocator: build sluice with --features jemalloc",
+                "jemalloc is not this process's allocator: build sluice with the jemalloc feature (on by default)",
             ));
         }
         let mut ctl = ctl.clone().lock_owned().await;

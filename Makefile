@@ -6,7 +6,7 @@
 #   make minimal  a release binary without the broker backends (no librdkafka)
 #   make release  the stripped release binary and the container image sluice:latest
 #   make bench    the end-to-end benchmark (bench/e2e.py; server on core 0, wrk on core 1)
-#   make profile  CPU, off-CPU and lock flame graphs of a loaded node (scripts/profile)
+#   make profile  CPU, off-CPU, lock and heap flame graphs of a loaded node (scripts/profile)
 #   make fuzz     every fuzz target for FUZZ_SECONDS (default 60) each
 .PHONY: run test lint build minimal release bench profile fuzz
 

@@ -347,7 +347,11 @@ fn serve(
         flags,
     })?;
     init_logging(config.log_format, &args.log_level)?;
-    raise_fd_limit(config.http.max_connections);
+    // A processor serves no ingest listener: only the roles that do need room for
+    // http.max_connections (a processor warned about a limit it never uses).
+    if role != Role::Process {
+        raise_fd_limit(config.http.max_connections);
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     // A request's WAL ack wakes its task from the WAL writer thread, which puts it on
     // the runtime's shared queue; by default a worker looks there only every few

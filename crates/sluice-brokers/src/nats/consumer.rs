@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::{self, consumer};
 use async_nats::Subject;
 use futures_util::StreamExt;
@@ -157,6 +158,13 @@ impl Consumer for NatsConsumer {
                         // time. Messages handed out are still committed; the rest
                         // return after ack_wait.
                         *slot = None;
+                        if e.kind() == MessagesErrorKind::MissingHeartbeat {
+                            // The server went quiet for two heartbeats (busy, a
+                            // leader moving, a reconnect): routine, and the next
+                            // poll pulls anew; a server that is gone fails there.
+                            tracing::warn!(error = %e, "JetStream pull missed its heartbeats; pulling anew");
+                            break;
+                        }
                         if events.is_empty() {
                             return Err(backend(format!("pulling from JetStream: {e}")));
                         }

@@ -7,6 +7,7 @@
 //! that callers can hold them as `dyn Queue` / `dyn Sink`.
 #![forbid(unsafe_code)]
 
+pub mod blocking;
 mod event;
 mod header;
 pub mod options;

@@ -398,11 +398,13 @@ impl WalConsumer {
         };
         let wal = self.wal.clone();
         let name = self.name.clone();
-        let r = tokio::task::spawn_blocking(move || wal.commit(&name, pos))
-            .await
-            .map_err(|e| ConsumeError::Backend {
-                message: e.to_string(),
-            })?;
+        let r = sluice_core::blocking::run(sluice_core::blocking::Kind::WalCheckpoint, move || {
+            wal.commit(&name, pos)
+        })
+        .await
+        .map_err(|e| ConsumeError::Backend {
+            message: e.to_string(),
+        })?;
         r.map_err(|e| ConsumeError::Backend {
             message: e.to_string(),
         })?;

@@ -401,14 +401,16 @@ impl Consumer for KafkaConsumer {
             if offsets.is_empty() {
                 return Ok(());
             }
-            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-                .await
-                .map_err(|e| ConsumeError::Backend {
-                    message: e.to_string(),
-                })?
-                .map_err(|e| ConsumeError::Backend {
-                    message: format!("committing kafka offsets failed: {e}"),
-                })
+            sluice_core::blocking::run(sluice_core::blocking::Kind::KafkaCommit, move || {
+                consumer.commit(&tpl, CommitMode::Sync)
+            })
+            .await
+            .map_err(|e| ConsumeError::Backend {
+                message: e.to_string(),
+            })?
+            .map_err(|e| ConsumeError::Backend {
+                message: format!("committing kafka offsets failed: {e}"),
+            })
         })
     }
 }

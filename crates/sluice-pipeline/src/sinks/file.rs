@@ -187,7 +187,7 @@ impl Sink for FileSink {
         }
         let inner = self.inner.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
+            sluice_core::blocking::run(sluice_core::blocking::Kind::FileSink, move || {
                 for (stream, buf) in groups {
                     inner.write(&stream, &buf)?;
                 }

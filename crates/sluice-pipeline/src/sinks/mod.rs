@@ -42,7 +42,7 @@ impl Sink for StdoutSink {
     fn deliver<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), SinkError>> {
         let buf = envelopes(events);
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
+            sluice_core::blocking::run(sluice_core::blocking::Kind::Stdout, move || {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&buf).and_then(|()| out.flush())
             })

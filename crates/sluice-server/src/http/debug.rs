@@ -164,7 +164,7 @@ async fn profile(query: Option<&str>) -> Result<Response<Full<Bytes>>, ApiError>
     }
     // The profiler's guard is not Send: the whole profile runs on a blocking thread,
     // and symbolization (the expensive part) with it.
-    let done = tokio::task::spawn_blocking(move || {
+    let done = sluice_core::blocking::run(sluice_core::blocking::Kind::Profile, move || {
         let r = record(Duration::from_secs(seconds), format);
         PROFILING.store(false, Ordering::Release);
         r
@@ -273,7 +273,7 @@ mod heap {
             ));
         }
         // Writing the dump and symbolizing it is blocking work.
-        let body = tokio::task::spawn_blocking(move || {
+        let body = sluice_core::blocking::run(sluice_core::blocking::Kind::Profile, move || {
             let pprof = ctl.dump_pprof().map_err(|e| e.to_string())?;
             match format {
                 Format::Pprof => Ok(pprof),

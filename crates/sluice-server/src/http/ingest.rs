@@ -179,9 +179,11 @@ async fn ingest(
         Ok((payloads, charge))
     };
     let (payloads, _charge) = if big {
-        tokio::task::spawn_blocking(work).await.map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??
+        sluice_core::blocking::run(sluice_core::blocking::Kind::IngestDecode, work)
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??
     } else {
         work()?
     };

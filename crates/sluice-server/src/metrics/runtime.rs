@@ -2,7 +2,8 @@
 //! serves the scrape (the node's): its workers, how busy each is, how many tasks are
 //! alive and how many wait in the shared queue. A worker busy ~100 % of the time
 //! with a growing queue is a node short of CPU; busy workers with few tasks, one
-//! task hogging a worker.
+//! task hogging a worker. And the blocking pool's work by kind
+//! (`sluice_core::blocking`): jobs running, jobs done, time they waited for a thread.
 
 use std::sync::atomic::AtomicU64;
 
@@ -12,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Worker = [(&'static str, String); 1];
+type BlockingKind = [(&'static str, &'static str); 1];
 
 /// The runtime's gauges and per-worker counters.
 pub struct RuntimeMetrics {
@@ -20,6 +22,9 @@ pub struct RuntimeMetrics {
     global_queue: Gauge,
     busy_seconds: Family<Worker, Counter<f64, AtomicU64>>,
     parks: Family<Worker, Counter>,
+    blocking_running: Family<BlockingKind, Gauge>,
+    blocking_jobs: Family<BlockingKind, Counter>,
+    blocking_wait_seconds: Family<BlockingKind, Counter<f64, AtomicU64>>,
 }
 
 impl RuntimeMetrics {
@@ -30,6 +35,9 @@ impl RuntimeMetrics {
             global_queue: Gauge::default(),
             busy_seconds: Family::default(),
             parks: Family::default(),
+            blocking_running: Family::default(),
+            blocking_jobs: Family::default(),
+            blocking_wait_seconds: Family::default(),
         };
         r.register(
             "sluice_runtime_workers",
@@ -56,11 +64,37 @@ impl RuntimeMetrics {
             "Times each runtime worker went idle",
             m.parks.clone(),
         );
+        r.register(
+            "sluice_blocking_running",
+            "Jobs on the blocking pool now, by kind (file sink writes and fsyncs, large body decoding, ...)",
+            m.blocking_running.clone(),
+        );
+        r.register(
+            "sluice_blocking_jobs",
+            "Jobs the blocking pool finished, by kind",
+            m.blocking_jobs.clone(),
+        );
+        r.register(
+            "sluice_blocking_wait_seconds",
+            "Time blocking jobs waited for a blocking-pool thread, by kind",
+            m.blocking_wait_seconds.clone(),
+        );
         m
     }
 
     /// Reads the current runtime, if the scrape runs on one.
     pub(super) fn refresh(&self) {
+        for b in sluice_core::blocking::snapshot() {
+            let label = [("kind", b.kind.name())];
+            self.blocking_running
+                .get_or_create(&label)
+                .set((b.started - b.finished) as i64);
+            super::advance(&self.blocking_jobs.get_or_create(&label), b.finished);
+            let waited = self.blocking_wait_seconds.get_or_create(&label);
+            if b.waited_seconds > waited.get() {
+                waited.inc_by(b.waited_seconds - waited.get());
+            }
+        }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };

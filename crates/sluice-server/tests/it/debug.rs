@@ -148,6 +148,51 @@ async fn metrics_show_the_runtime_workers_tasks_and_busy_time() {
     assert!(during.contains("sluice_runtime_worker_parks_total{worker=\"1\"}"));
 }
 
+/// The blocking pool seen by kind: a large body is decoded there and the file sink
+/// writes and syncs there; each shows up counted, with its wait for a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_blocking_pool_work_by_kind() {
+    // The memory queue, and the file sink (the default sink).
+    let node =
+        sluice_server::test_util::start(&[("queue.kind", "memory")], Default::default()).await;
+    let before = node.metrics().await;
+    assert_eq!(
+        metric(
+            &before,
+            "sluice_blocking_jobs_total{kind=\"ingest_decode\"}"
+        ),
+        0.0
+    );
+    // Past the 64 KiB from which a body is decoded off the async runtime.
+    let body: String = (0..2000)
+        .map(|i| format!("{{\"i\":{i},\"pad\":\"{}\"}}\n", "x".repeat(40)))
+        .collect();
+    assert!(body.len() > 64 * 1024);
+    let a = Http::h1()
+        .post(&node.events_url("big"), &[NDJSON], body)
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    let delivered = wait_until_async(Duration::from_secs(10), || async {
+        metric(
+            &node.metrics().await,
+            "sluice_blocking_jobs_total{kind=\"file_sink\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert!(delivered, "the file sink's write ran on the blocking pool");
+    let m = node.metrics().await;
+    assert_eq!(
+        metric(&m, "sluice_blocking_jobs_total{kind=\"ingest_decode\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "sluice_blocking_running{kind=\"ingest_decode\"}"),
+        0.0
+    );
+    assert!(metric(&m, "sluice_blocking_wait_seconds_total{kind=\"file_sink\"}") >= 0.0);
+    assert!(m.contains("sluice_blocking_wait_seconds_total{kind=\"file_sink\"}"));
+}
+
 /// A known workload: 64 MiB in 1 MiB buffers, held while the heap is profiled.
 #[inline(never)]
 fn hold_sixty_four_mebibytes() -> Vec<Vec<u8>> {

@@ -409,9 +409,11 @@ async fn gzip(lines: Bytes) -> std::io::Result<Bytes> {
     if lines.len() <= GZIP_INLINE_BYTES {
         return compress(&lines);
     }
-    tokio::task::spawn_blocking(move || compress(&lines))
-        .await
-        .map_err(std::io::Error::other)?
+    sluice_core::blocking::run(sluice_core::blocking::Kind::HttpSinkCompress, move || {
+        compress(&lines)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The first [`REASON_BODY_BYTES`] of a body, reading on to its end (up to

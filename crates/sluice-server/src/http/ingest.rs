@@ -54,14 +54,10 @@ pub async fn handle(
     // its bytes: nothing is copied unless the request is refused).
     let uri = req.uri().clone();
     let mut who = None;
-    let span = RequestSpan::start("POST /v1/streams/{stream}/events", req.headers(), || {
-        vec![
-            KeyValue::new("http.request.method", req.method().as_str().to_string()),
-            KeyValue::new("http.route", "/v1/streams/{stream}/events"),
-        ]
-    });
+    // Started once the request is authenticated and admitted (see `ingest`).
+    let mut span = None;
     let mut refusal = None;
-    let response = match ingest(&state, req, &mut body_read, &mut who, span.as_ref()).await {
+    let response = match ingest(&state, req, &mut body_read, &mut who, &mut span).await {
         Ok(r) => r,
         Err(e) => {
             refusal = Some(e.code);
@@ -116,7 +112,7 @@ async fn ingest(
     req: Request<Incoming>,
     body_read: &mut bool,
     who: &mut Option<crate::auth::Principal>,
-    trace: Option<&RequestSpan>,
+    span: &mut Option<RequestSpan>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let stream = route(req.uri().path())?;
     if req.method() != Method::POST {
@@ -125,6 +121,16 @@ async fn ingest(
     let principal = state.keys.authenticate(req.headers())?;
     *who = Some(principal.clone());
     let _permit = state.admit()?;
+    // Only now a span (and the producer's traceparent, whose sampled flag would
+    // otherwise let anyone make the node trace and export at will): a request
+    // refused by authentication or admission costs no tracing work.
+    *span = RequestSpan::start("POST /v1/streams/{stream}/events", req.headers(), || {
+        vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", "/v1/streams/{stream}/events"),
+        ]
+    });
+    let trace = span.as_ref();
     validate_stream_name(stream)?;
     crate::auth::check_stream(&principal, stream)?;
     state.check_rate(&principal)?;

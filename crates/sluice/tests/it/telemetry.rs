@@ -453,3 +453,66 @@ async fn two_requests_traced_across_nats_from_ingest_to_process() {
         seen.sink_bodies
     );
 }
+
+/// A request refused by authentication makes no span, whatever its `traceparent`
+/// says (its sampled flag must not let anyone make a node trace and export); an
+/// authenticated one is traced, its span naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_make_no_spans() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, keys) = key_toml("shop", &["orders"], "");
+    let conf = dir.path().join("sluice.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "{keys}\n[telemetry]\nendpoint = \"http://{}\"\nprotocol = \"http/protobuf\"\n",
+            rx.http
+        ),
+    )
+    .unwrap();
+    let node = spawn_serve(
+        &dir.path().join("node"),
+        free_addr(),
+        free_addr(),
+        &["--config", conf.to_str().unwrap()],
+    )
+    .await;
+    let url = format!("http://{}/v1/streams/orders/events", node.http);
+    let refused = "00-33333333333333333333333333333333-00000000000000b1-01";
+    for _ in 0..20 {
+        let a = Http::h1()
+            .post(&url, &[("traceparent", refused)], "{}")
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+    let traced = "00-44444444444444444444444444444444-00000000000000b2-01";
+    let auth = format!("Bearer {key}");
+    let a = Http::h1()
+        .post(
+            &url,
+            &[("traceparent", traced), ("authorization", &auth)],
+            "{}",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    let spans = rx
+        .wait_for("the authenticated request's spans", |s| {
+            s.iter().any(|g| {
+                g.trace_id == "44444444444444444444444444444444" && g.name == "deliver file"
+            })
+        })
+        .await;
+    let req = one(
+        &spans,
+        "44444444444444444444444444444444",
+        "POST /v1/streams/{stream}/events",
+    );
+    assert_eq!(req.attr("sluice.key"), "shop");
+    assert!(
+        spans
+            .iter()
+            .all(|g| g.trace_id != "33333333333333333333333333333333"),
+        "no span of a refused request: {spans:#?}"
+    );
+}

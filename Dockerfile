@@ -47,6 +47,8 @@ RUN ["sluice", "--version"]
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# jemalloc's build-time malloc conf (heap sampling for /debug/pprof/heap).
+COPY .cargo .cargo
 COPY proto proto
 COPY crates crates
 RUN cargo build --release --locked -p sluice \

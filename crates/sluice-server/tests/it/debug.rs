@@ -10,6 +10,17 @@ use pprof::protos::Message;
 
 use crate::support::*;
 
+/// GETs `url`: a 200 with a gzipped pprof protobuf, decoded.
+async fn get_pprof(http: &Http, url: &str) -> pprof::protos::Profile {
+    let a = http.get(url).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&a.body[..])
+        .read_to_end(&mut raw)
+        .expect("gzipped");
+    pprof::protos::Profile::decode(&raw[..]).expect("a pprof protobuf")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_profile_of_a_loaded_node_is_a_pprof_file_or_a_flame_graph() {
     let node = sluice_server::test_util::start_fast(&[]).await;
@@ -17,13 +28,7 @@ async fn a_cpu_profile_of_a_loaded_node_is_a_pprof_file_or_a_flame_graph() {
     let http = Http::h1();
     let url = format!("{}/debug/pprof/profile?seconds=2", node.admin);
 
-    let a = http.get(&url).await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&a.body[..])
-        .read_to_end(&mut raw)
-        .expect("gzipped");
-    let profile = pprof::protos::Profile::decode(&raw[..]).expect("a pprof protobuf");
+    let profile = get_pprof(&http, &url).await;
     let samples: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
     // 2 s at 99 Hz over two busy cores would be ~400; the node is not alone here.
     assert!(samples >= 20, "{samples} samples");
@@ -207,13 +212,7 @@ async fn a_heap_profile_names_the_allocation_sites_of_a_known_workload() {
     let held = hold_sixty_four_mebibytes();
     let http = Http::h1();
     let url = format!("{}/debug/pprof/heap", node.admin);
-    let a = http.get(&url).await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&a.body[..])
-        .read_to_end(&mut raw)
-        .expect("gzipped");
-    let p = pprof::protos::Profile::decode(&raw[..]).expect("a pprof protobuf");
+    let p = get_pprof(&http, &url).await;
     let text = |i: i64| p.string_table[i as usize].as_str();
     assert_eq!(text(p.sample_type[0].ty), "inuse_space");
     let site: Vec<u64> = p

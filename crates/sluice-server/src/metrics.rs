@@ -331,6 +331,14 @@ fn advance(counter: &Counter, total: u64) {
     }
 }
 
+/// [`advance`] for a counter of seconds.
+fn advance_seconds(counter: &Counter<f64, std::sync::atomic::AtomicU64>, total: f64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
+
 /// Feeds WAL group commits into the histograms.
 pub struct WalMetrics(pub Arc<Metrics>);
 

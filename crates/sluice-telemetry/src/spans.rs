@@ -72,11 +72,6 @@ impl RequestSpan {
         self.cx.span().set_attribute(attribute);
     }
 
-    /// The trace id, for log lines.
-    pub fn trace_id(&self) -> String {
-        self.cx.span().span_context().trace_id().to_string()
-    }
-
     /// Keeps the request's context with each event as a `traceparent` event header,
     /// so whoever delivers it can link back; at most [`STAMP_MAX_BYTES`] worth. An
     /// event that already carries a valid one keeps it: its context was set before

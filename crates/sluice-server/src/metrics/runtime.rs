@@ -90,10 +90,10 @@ impl RuntimeMetrics {
                 .get_or_create(&label)
                 .set((b.started - b.finished) as i64);
             super::advance(&self.blocking_jobs.get_or_create(&label), b.finished);
-            let waited = self.blocking_wait_seconds.get_or_create(&label);
-            if b.waited_seconds > waited.get() {
-                waited.inc_by(b.waited_seconds - waited.get());
-            }
+            super::advance_seconds(
+                &self.blocking_wait_seconds.get_or_create(&label),
+                b.waited_seconds,
+            );
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
@@ -104,11 +104,10 @@ impl RuntimeMetrics {
         self.global_queue.set(rt.global_queue_depth() as i64);
         for w in 0..rt.num_workers() {
             let label = [("worker", w.to_string())];
-            let busy = self.busy_seconds.get_or_create(&label);
-            let total = rt.worker_total_busy_duration(w).as_secs_f64();
-            if total > busy.get() {
-                busy.inc_by(total - busy.get());
-            }
+            super::advance_seconds(
+                &self.busy_seconds.get_or_create(&label),
+                rt.worker_total_busy_duration(w).as_secs_f64(),
+            );
             super::advance(&self.parks.get_or_create(&label), rt.worker_park_count(w));
         }
     }

@@ -17,19 +17,6 @@ async fn spawn(data: &Path, ack: &str) -> Served {
     spawn_serve(data, free_addr(), free_addr(), &["--ack", ack]).await
 }
 
-async fn sigterm_and_wait(mut r: Served) -> std::process::ExitStatus {
-    let pid = r.child.id().unwrap().to_string();
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    tokio::time::timeout(Duration::from_secs(30), r.child.wait())
-        .await
-        .expect("sluice exits within 30 s of SIGTERM")
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_acked_event() {
     let tmp = tempfile::tempdir().unwrap();

@@ -27,6 +27,20 @@ pub async fn spawn_serve(
     spawn_role("serve", data, http, admin, extra).await
 }
 
+/// Sends SIGTERM and waits (at most 30 s) for the process to exit.
+pub async fn sigterm_and_wait(mut r: Served) -> std::process::ExitStatus {
+    let pid = r.child.id().unwrap().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tokio::time::timeout(Duration::from_secs(30), r.child.wait())
+        .await
+        .expect("sluice exits within 30 s of SIGTERM")
+        .unwrap()
+}
+
 /// Starts `sluice <role>` (serve, ingest, process) like [`spawn_serve`].
 pub async fn spawn_role(
     role: &str,

@@ -516,3 +516,80 @@ async fn refused_requests_make_no_spans() {
         "no span of a refused request: {spans:#?}"
     );
 }
+
+/// A collector that takes connections and never answers costs spans, not requests:
+/// every traced request is acked and delivered while the exporter waits, and SIGTERM
+/// still ends the node promptly (the last export gets 5 s, then it is given up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_collector_costs_spans_not_requests() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = hung.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let holding = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = hung.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(conn);
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("sluice.toml");
+    std::fs::write(
+        &conf,
+        format!("[telemetry]\nendpoint = \"http://{collector}\"\nprotocol = \"http/protobuf\"\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("node");
+    let node = spawn_serve(
+        &data,
+        free_addr(),
+        free_addr(),
+        &["--config", conf.to_str().unwrap()],
+    )
+    .await;
+    let url = format!("http://{}/v1/streams/hung/events", node.http);
+    // More spans (4 per request) than the exporter's queue holds (2,048).
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let http = Http::h1();
+                for i in 0..150 {
+                    let tp = format!("00-{:032x}-00000000000000c1-01", t * 1000 + i + 1);
+                    let a = http
+                        .post(
+                            &url,
+                            &[("traceparent", tp.as_str())],
+                            format!("{{\"t\":{t},\"i\":{i}}}"),
+                        )
+                        .await;
+                    assert_eq!(a.status, StatusCode::ACCEPTED);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let out = data.join("out").join("hung");
+    let all = wait_until(Duration::from_secs(30), || sink_lines(&out).len() >= 1200).await;
+    assert!(all, "{} of 1,200 delivered", sink_lines(&out).len());
+    // The exporter did try: its queue filled past a batch and it connected.
+    let tried = wait_until(Duration::from_secs(10), || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(tried, "the exporter never reached the collector");
+    let stopping = std::time::Instant::now();
+    let status = sigterm_and_wait(node).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "stopped in {:?}",
+        stopping.elapsed()
+    );
+    holding.abort();
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Where the 1,000-connection tail is: the same sluice with the WAL (ack fsync, ack
 # write) and with the memory queue, pinned to core 0, under `wrk -t1 -c1000` on core 1
-# (3 s warm-up, then SECONDS); prints each one's latency distribution.
+# (3 s warm-up, then SECONDS); prints each one's latency distribution, and beside it
+# the server's own (bench/histq.py: headers to response, the ack included), so a
+# client tail the server does not see is known to lie outside the handler.
 # Usage: bench/tail.sh [BIN] [SECONDS]      Needs wrk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +33,10 @@ for mode in wal wal-write memory; do
     url="http://127.0.0.1:$port/v1/streams/b/events"
     taskset -c 1 wrk -t1 -c1000 -d3s -s "$work/ev.lua" "$url" >/dev/null
     echo "== $mode"
+    bench/histq.py save "$admin" "$work/hist.json"
     taskset -c 1 wrk -t1 -c1000 -d"${secs}s" -s "$work/ev.lua" --latency "$url" |
         grep -E "Latency|50%|75%|90%|99%|Requests/sec"
+    bench/histq.py since "$admin" "$work/hist.json"
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     pid=""

@@ -8,6 +8,7 @@
 //! The broker queues (NATS JetStream, Kafka) live in `sluice-brokers`.
 #![forbid(unsafe_code)]
 
+mod handoff;
 mod memory;
 mod tracker;
 mod wal;

@@ -21,6 +21,7 @@ use sluice_core::{
 use sluice_wal::{Reader, Recovery, SyncMode, Wal, WalObserver, WalOptions};
 use tokio::sync::{oneshot, Notify};
 
+use crate::handoff::Handoff;
 use crate::tracker::CommitTracker;
 
 /// When an append counts as done, i.e. when the producer gets its 202.
@@ -149,6 +150,14 @@ struct Inner {
     opts: WalQueueOptions,
     appended_events: AtomicU64,
     committed_events: Arc<AtomicU64>,
+    /// Acks reach their requests through a runtime task (see `handoff`).
+    acks: Handoff<Result<sluice_wal::Appended, sluice_wal::AppendError>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.acks.close();
+    }
 }
 
 /// Wakes readers when the durable end moves, then forwards to the caller's observer.
@@ -196,6 +205,7 @@ impl WalQueue {
                 opts,
                 appended_events: AtomicU64::new(0),
                 committed_events: Arc::new(AtomicU64::new(0)),
+                acks: Handoff::new(),
             }),
         };
         Ok((q, recovery))
@@ -214,12 +224,12 @@ impl Queue for WalQueue {
             let mut record = Vec::new();
             sluice_proto::record::encode(&batch, &mut record);
             let (tx, rx) = oneshot::channel();
-            let queued = self.inner.wal.append(
-                record,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
+            self.inner.acks.ensure_running();
+            let ack = self.inner.acks.sender();
+            let queued = self
+                .inner
+                .wal
+                .append(record, Box::new(move |r| ack.send(tx, r)));
             if let Err(e) = queued {
                 return Err(map_append_error(e, batch, self.inner.opts.retry_after));
             }

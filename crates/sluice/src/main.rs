@@ -353,13 +353,15 @@ fn serve(
         raise_fd_limit(config.http.max_connections);
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    // A request's WAL ack wakes its task from the WAL writer thread, which puts it on
-    // the runtime's shared queue; by default a worker looks there only every few
-    // dozen tasks, so with 1,000 connections ready, acked requests waited behind
-    // whole rounds of new ones (p99 3.5-4x the mean). Looking every time costs one
-    // atomic load when it is empty; measured: p99 ~1.5-1.8x the mean, throughput
-    // unchanged (bench/RESULTS.md, "Where the time goes").
-    rt.enable_all().global_queue_interval(1);
+    // tokio's own (adaptive) balance between a worker's queue and the shared one.
+    // An earlier build looked at the shared queue first on every tick
+    // (`global_queue_interval(1)`), because WAL acks, woken from the writer thread,
+    // waited there behind new requests; with 1,000 connections that starved the
+    // other queue instead (p99 0.4-1.5 s, 25-60x the mean, in some runs). Acks now
+    // reach their requests through a runtime task (sluice-queue's `handoff`), so both
+    // kinds of wake-up share a queue (bench/RESULTS.md, "Where the 1,000-connection
+    // tail is").
+    rt.enable_all();
     let runtime = rt.build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let telemetry = sluice_telemetry::install(&config.telemetry, role.command())

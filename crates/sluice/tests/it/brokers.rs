@@ -169,9 +169,18 @@ pub async fn ingest_to_file(broker: &impl Broker, extra: &[(&str, &str)]) {
     let one = lines.iter().find(|l| l.contains("single-7")).unwrap();
     assert_eq!(raw_data(one), "{\"k\":\"single-7\",\"pad\":\"é\\n\"}");
     eprintln!("{} events delivered, {dups} duplicates", want.len());
-    let page = node.metrics().await;
+    // The processor counts a delivery once the sink has returned, a moment after the
+    // lines are in the files: wait for the counter (bounded) instead of racing it.
+    let series = "sluice_sink_delivered_events_total{sink=\"file\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut counted = metric(&node.metrics().await, series);
+    while counted < want.len() as f64 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        counted = metric(&node.metrics().await, series);
+    }
     assert!(
-        metric(&page, "sluice_sink_delivered_events_total{sink=\"file\"}") >= want.len() as f64
+        counted >= want.len() as f64,
+        "{counted} delivered events counted"
     );
     node.node.shutdown();
     assert!(node.node.wait().await, "clean shutdown");

@@ -75,7 +75,7 @@ impl<T: Send + 'static> Handoff<T> {
         rt.spawn(task.run());
     }
 
-    /// A sender for one result: hand `(tx, value)` to [`Handoff::deliver`].
+    /// What the callback of one append sends its result with ([`Deliver::send`]).
     pub fn sender(&self) -> Deliver<T> {
         Deliver(self.shared.clone())
     }

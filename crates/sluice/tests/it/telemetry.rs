@@ -242,6 +242,22 @@ const SPAN_KIND_INTERNAL: i32 = 1;
 const SPAN_KIND_SERVER: i32 = 2;
 const SPAN_KIND_CLIENT: i32 = 3;
 
+/// `sluice serve` with `toml` as its config file (written to `dir/sluice.toml`) and
+/// `dir/node` as its data dir, which it also returns.
+async fn serve_with_config(dir: &std::path::Path, toml: &str) -> (Served, std::path::PathBuf) {
+    let conf = dir.join("sluice.toml");
+    std::fs::write(&conf, toml).unwrap();
+    let data = dir.join("node");
+    let node = spawn_serve(
+        &data,
+        free_addr(),
+        free_addr(),
+        &["--config", conf.to_str().unwrap()],
+    )
+    .await;
+    (node, data)
+}
+
 /// One request with a producer's `traceparent`, through the WAL to the file sink,
 /// exported over OTLP/HTTP: the producer's trace id throughout; the request span a
 /// child of the producer's span; `append` (with the group commit's fsync), `queued`
@@ -250,23 +266,11 @@ const SPAN_KIND_CLIENT: i32 = 3;
 async fn one_request_traced_through_the_wal_to_the_file_sink() {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("sluice.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[telemetry]\nendpoint = \"http://{}\"\nprotocol = \"http/protobuf\"\n",
-            rx.http
-        ),
-    )
-    .unwrap();
-    let data = dir.path().join("node");
-    let node = spawn_serve(
-        &data,
-        free_addr(),
-        free_addr(),
-        &["--config", conf.to_str().unwrap()],
-    )
-    .await;
+    let toml = format!(
+        "[telemetry]\nendpoint = \"http://{}\"\nprotocol = \"http/protobuf\"\n",
+        rx.http
+    );
+    let (node, data) = serve_with_config(dir.path(), &toml).await;
     let url = format!("http://{}/v1/streams/clicks/events", node.http);
     let producer = format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01");
     let a = Http::h1()
@@ -462,22 +466,11 @@ async fn refused_requests_make_no_spans() {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (key, keys) = key_toml("shop", &["orders"], "");
-    let conf = dir.path().join("sluice.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "{keys}\n[telemetry]\nendpoint = \"http://{}\"\nprotocol = \"http/protobuf\"\n",
-            rx.http
-        ),
-    )
-    .unwrap();
-    let node = spawn_serve(
-        &dir.path().join("node"),
-        free_addr(),
-        free_addr(),
-        &["--config", conf.to_str().unwrap()],
-    )
-    .await;
+    let toml = format!(
+        "{keys}\n[telemetry]\nendpoint = \"http://{}\"\nprotocol = \"http/protobuf\"\n",
+        rx.http
+    );
+    let (node, _) = serve_with_config(dir.path(), &toml).await;
     let url = format!("http://{}/v1/streams/orders/events", node.http);
     let refused = "00-33333333333333333333333333333333-00000000000000b1-01";
     for _ in 0..20 {
@@ -536,20 +529,9 @@ async fn a_hung_collector_costs_spans_not_requests() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("sluice.toml");
-    std::fs::write(
-        &conf,
-        format!("[telemetry]\nendpoint = \"http://{collector}\"\nprotocol = \"http/protobuf\"\n"),
-    )
-    .unwrap();
-    let data = dir.path().join("node");
-    let node = spawn_serve(
-        &data,
-        free_addr(),
-        free_addr(),
-        &["--config", conf.to_str().unwrap()],
-    )
-    .await;
+    let toml =
+        format!("[telemetry]\nendpoint = \"http://{collector}\"\nprotocol = \"http/protobuf\"\n");
+    let (node, data) = serve_with_config(dir.path(), &toml).await;
     let url = format!("http://{}/v1/streams/hung/events", node.http);
     // More spans (4 per request) than the exporter's queue holds (2,048).
     let tasks: Vec<_> = (0..8)

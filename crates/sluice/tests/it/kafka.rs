@@ -442,8 +442,10 @@ async fn the_depth_is_the_groups_lag() {
         return;
     };
     let q = KafkaQueue::connect(KafkaOptions {
-        // The group watch measures every session timeout (at least 1 s).
-        session_timeout: HumanDuration(Duration::from_secs(1)),
+        // The group watch measures every session timeout. Not 1 s: with heartbeats
+        // every ~330 ms a member under the whole suite's load missed its session, and
+        // the group kept rebalancing (the consumer got nothing within 30 s, twice).
+        session_timeout: HumanDuration(Duration::from_secs(3)),
         ..opts(&tansu)
     })
     .await

@@ -85,6 +85,7 @@ mod options;
 mod reader;
 mod recovery;
 mod repair;
+mod sched;
 mod segment;
 mod storage;
 mod wal;

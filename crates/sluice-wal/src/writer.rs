@@ -28,6 +28,9 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("sluice-wal-writer".to_owned())
         .spawn(move || {
+            if let Err(e) = crate::sched::batch_current_thread() {
+                debug!(error = %e, "wal writer stays under the default scheduling policy");
+            }
             Writer {
                 shared,
                 active,

@@ -12,8 +12,8 @@
 //! a lone request waits no longer; under saturation an ack waits at most one slice
 //! longer. The thread keeps its share of the CPU and its nice value (`SCHED_BATCH`
 //! is the normal time-sharing class without wakeup preemption, see sched(7)).
-//! Measured with the node on one core: 1,000 connections +32-35 % req/s with
-//! 7-8x larger groups, 64 connections +5-7 % (bench/RESULTS.md).
+//! Measured with the node on one core: 1,000 connections +15-39 % req/s with
+//! 5-8x larger groups, 64 connections +8 % (median of 18 pairs; bench/RESULTS.md).
 
 /// Puts the calling thread under `SCHED_BATCH` with its nice value unchanged.
 /// Linux only; elsewhere a no-op.

@@ -16,7 +16,7 @@
 //! (besides the ring's slot). A stale look only ever overstates the depth, so the
 //! bound holds.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +71,12 @@ struct Inner {
     max_bytes: u64,
     closed: AtomicBool,
     readable: Notify,
+    /// When producers' reserved events reach this, a waiting poll has a full batch
+    /// and is woken (`u64::MAX`: no poll is waiting for one). A poll holding a
+    /// partial batch delivers at its deadline anyway, so waking it on every append
+    /// only made it look and wait again: with single-event requests, a context
+    /// switch to the processor's thread per request.
+    wake_at: AtomicU64,
 }
 
 /// `[queue]` with `kind = "memory"`: bounded memory, fastest, lost on a crash.
@@ -125,6 +131,7 @@ impl MemoryQueue {
                 max_bytes,
                 closed: AtomicBool::new(false),
                 readable: Notify::new(),
+                wake_at: AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -194,6 +201,22 @@ impl MemoryQueue {
         c.bytes.fetch_add(bytes, Ordering::Release);
     }
 
+    /// Wakes a waiting poll if what producers reserved reaches what it asked for.
+    fn wake_if_wanted(&self) {
+        let i = &self.inner;
+        fence(Ordering::SeqCst);
+        let wanted = i.wake_at.load(Ordering::SeqCst);
+        if i.produced.reserved.events.load(Ordering::SeqCst) >= wanted {
+            // Every waiting poll looks (one takes the batch, the others ask again):
+            // a wake-up per batch, not per append. A poll that lowered `wake_at`
+            // meanwhile keeps its wish.
+            let _ =
+                i.wake_at
+                    .compare_exchange(wanted, u64::MAX, Ordering::SeqCst, Ordering::SeqCst);
+            i.readable.notify_waiters();
+        }
+    }
+
     /// Events and bytes held (reserved and not yet released).
     fn depth(&self) -> (u64, u64) {
         let (released, reserved) = (&self.inner.consumed, &self.inner.produced.reserved);
@@ -238,7 +261,7 @@ impl Queue for MemoryQueue {
                     retry_after: RETRY_AFTER,
                 });
             }
-            self.inner.readable.notify_one();
+            self.wake_if_wanted();
             Ok(Committed::default())
         })
     }
@@ -274,7 +297,10 @@ impl Consumer for MemoryQueue {
             let max_events = max_events.max(1);
             let mut events = Vec::new();
             loop {
+                // Enabled first: `wake_if_wanted` wakes the polls waiting then.
                 let notified = self.inner.readable.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
                 self.take_into(max_events, &mut events);
                 // Deliver a full batch at once, a partial one when the wait is over
                 // (the clock is read only when the batch is not full).
@@ -293,6 +319,20 @@ impl Consumer for MemoryQueue {
                 }
                 if expired {
                     return Ok(None);
+                }
+                // Woken once enough has been reserved to fill this batch (or at the
+                // deadline, or on close); pairs with the fence in `wake_if_wanted`.
+                let need = (max_events - events.len()) as u64;
+                let i = &self.inner;
+                let target = i
+                    .consumed
+                    .events
+                    .load(Ordering::SeqCst)
+                    .saturating_add(need);
+                i.wake_at.fetch_min(target, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if i.produced.reserved.events.load(Ordering::SeqCst) >= target {
+                    continue; // it arrived meanwhile
                 }
                 let _ = tokio::time::timeout_at(deadline, notified).await;
             }

@@ -127,3 +127,52 @@ async fn waiting_consumer_is_woken() {
     assert_eq!(d.events.len(), 1);
     t.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_poll_is_woken_when_its_batch_fills_and_not_lost_in_between() {
+    let q = MemoryQueue::new(10_000, u64::MAX);
+    let c = q.consumer("p").unwrap();
+    // A poll holding part of its batch waits for its deadline...
+    q.append(Batch::new((0..3).map(ev).collect()))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let d = c
+        .poll(10, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.events.len(), 3);
+    assert!(started.elapsed() >= Duration::from_millis(190));
+    // ...and is woken as soon as appends fill it, however they trickle in, from
+    // several producers at once.
+    for round in 0..20 {
+        let producers: Vec<_> = (0..4)
+            .map(|p| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    for i in 0..25 {
+                        q.append(Batch::new(vec![ev(1000 * round + 100 * p + i)]))
+                            .await
+                            .unwrap();
+                        if i % 5 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let d = c.poll(100, Duration::from_secs(30)).await.unwrap().unwrap();
+        assert_eq!(d.events.len(), 100, "round {round}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "round {round}: a full batch waited {:?}",
+            started.elapsed()
+        );
+        for p in producers {
+            p.await.unwrap();
+        }
+    }
+    assert_eq!(q.stats().depth_events, 0);
+}

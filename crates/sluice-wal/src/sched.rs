@@ -55,6 +55,7 @@ fn current_nice() -> Result<i32, String> {
 /// Field `n` (1-based, as proc(5) numbers them) of a `/proc/.../stat` line; the
 /// command name (field 2) may hold spaces and parentheses, so counting starts
 /// after its last `)`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) fn stat_field(stat: &str, n: usize) -> Option<&str> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(n.checked_sub(3)?)

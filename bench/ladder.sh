@@ -48,8 +48,7 @@ NG
         pid=$! url=http://127.0.0.1:$port/
         sleep 1
         return ;;
-    hyper-floor) extra=(--queue memory --sink blackhole) ;;
-    memory) extra=(--queue memory --sink blackhole) ;;
+    hyper-floor | memory) extra=(--queue memory --sink blackhole) ;;
     wal-write) extra=(--ack write --sink blackhole) ;;
     wal-fsync) extra=(--sink blackhole) ;;
     default) extra=() ;;

@@ -23,7 +23,7 @@ RULES = [
     ("file sink write", r"sluice_pipeline::sinks::file"),
     ("response send (writev: kernel TCP loopback)", r"__GI___writev|__writev"),
     ("request read (recv)", r"__libc_recv|recvfrom"),
-    ("cross-thread wake (eventfd/futex)", r"mio::sys::unix::waker::Waker::wake|futex_wake|__GI___libc_write$"),
+    ("cross-thread wake (eventfd/futex)", r"mio::sys::unix::waker::Waker::wake|futex_wake"),
     ("idle/park (epoll_wait, condvar wait)", r"epoll_wait|futex_wait|pthread_cond_wait|Condvar::wait|park_timeout"),
     ("JSON validation", r"sluice_proto::json|sluice_proto::body"),
     ("WAL record encode + append", r"sluice_proto::record::encode|WalQueue as sluice_core::queue::Queue>::append|sluice_wal::wal::Wal::append"),
@@ -57,7 +57,7 @@ def samples(lines):
         yield head[0], head[1], frames
 
 
-def classify(comm, frames):
+def classify(frames):
     for f in frames:
         for name, rx in COMPILED:
             if rx.search(f):
@@ -79,7 +79,7 @@ def main():
         thread = {"sluice-wal-writ": "WAL writer", "sluice-processo": "processor"}.get(comm)
         if thread is None:
             thread = "runtime worker" if tid in workers else "blocking pool"
-        layer = classify(comm, frames)
+        layer = classify(frames)
         by_layer[(thread, layer)] += 1
         by_thread[thread] += 1
         total += 1
